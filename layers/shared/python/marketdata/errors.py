@@ -1,0 +1,90 @@
+"""Typed errors shared by every layer.
+
+The domain (providers, store, service) raises these; the HTTP handlers map them to status codes
+in exactly one place (`marketdata.http`). Messages are written for the API user: they name the
+problem and, where there is one, the offending parameter. They never contain secrets (API keys,
+passwords, full upstream URLs with credentials).
+"""
+
+from __future__ import annotations
+
+
+class MarketDataError(Exception):
+    """Base of every error this package raises on purpose."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+# --- caller errors ---------------------------------------------------------------------------
+
+
+class InvalidRequest(MarketDataError):
+    """The caller's input is wrong (bad parameter, inconsistent range, absurd limit)."""
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class InvalidInterval(InvalidRequest):
+    """An interval that is not one of the nine app intervals."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, param="interval")
+
+
+class SymbolNotFound(MarketDataError):
+    """The provider does not know the symbol (Binance -1121, Twelve Data "**symbol** not found")."""
+
+    def __init__(self, symbol: str, provider: str | None = None) -> None:
+        where = f" on {provider}" if provider else ""
+        super().__init__(f"unknown symbol {symbol!r}{where}")
+        self.symbol = symbol
+        self.provider = provider
+
+
+# --- upstream errors -------------------------------------------------------------------------
+
+
+class UpstreamError(MarketDataError):
+    """Something went wrong talking to a provider."""
+
+    def __init__(self, message: str, *, provider: str) -> None:
+        super().__init__(message)
+        self.provider = provider
+
+
+class UpstreamRateLimited(UpstreamError):
+    """The provider refuses more requests for now (429, 418 ban, out of credits, own weight guard).
+
+    `retry_after` is in seconds when known, so the API can pass it on as a `Retry-After` header.
+    """
+
+    def __init__(self, message: str, *, provider: str, retry_after: float | None = None) -> None:
+        super().__init__(message, provider=provider)
+        self.retry_after = retry_after
+
+
+class UpstreamUnavailable(UpstreamError):
+    """5xx, timeouts or connection failures that outlasted the retry budget."""
+
+
+class UpstreamBadResponse(UpstreamError):
+    """The provider answered with something we cannot read: bad JSON, HTML, a wrong shape."""
+
+
+class UpstreamAuthError(UpstreamError):
+    """The provider rejected our credentials (Twelve Data 401/403). An operator problem, not the caller's."""
+
+
+class ConfigurationError(MarketDataError):
+    """A required setting is missing or malformed (for example no Twelve Data API key)."""
+
+
+# --- storage errors --------------------------------------------------------------------------
+
+
+class DatabaseUnavailable(MarketDataError):
+    """The cache database cannot be reached or failed mid-operation; callers fall back to the provider."""

@@ -1,0 +1,193 @@
+"""The nine app intervals and their time arithmetic.
+
+All instants are Unix seconds, UTC. A bar is identified by its open time. Fixed-width intervals
+(minutes to weeks) are aligned to the Unix epoch, except weeks, which start on Monday 00:00 UTC
+(the epoch was a Thursday). Months are calendar months, so they never use fixed widths: that is
+why paging everywhere advances by returned open times and this module's `next_open`, never by
+"start + n * width".
+"""
+
+from __future__ import annotations
+
+import calendar
+import time
+from enum import Enum
+
+from marketdata.errors import InvalidInterval
+
+_MINUTE = 60
+_HOUR = 3600
+_DAY = 86400
+_WEEK = 7 * _DAY
+# 1970-01-05 was the first Monday after the epoch.
+_FIRST_MONDAY = 4 * _DAY
+
+
+class Interval(str, Enum):
+    """An app interval. The value is the name the API accepts (case matters: 1m minute, 1M month)."""
+
+    M1 = "1m"
+    M5 = "5m"
+    M15 = "15m"
+    M30 = "30m"
+    H1 = "1H"
+    H4 = "4H"
+    D1 = "1D"
+    W1 = "1W"
+    MO1 = "1M"
+
+    @property
+    def binance(self) -> str:
+        return _BINANCE[self]
+
+    @property
+    def twelve_data(self) -> str:
+        return _TWELVE_DATA[self]
+
+    @property
+    def seconds(self) -> int | None:
+        """Fixed width in seconds, or None for calendar months."""
+        return _WIDTH.get(self)
+
+    @property
+    def nominal_seconds(self) -> int:
+        """Width for estimates (cache lifetimes, window sizing); 31 days for a month."""
+        return _WIDTH.get(self, 31 * _DAY)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_BINANCE = {
+    Interval.M1: "1m",
+    Interval.M5: "5m",
+    Interval.M15: "15m",
+    Interval.M30: "30m",
+    Interval.H1: "1h",
+    Interval.H4: "4h",
+    Interval.D1: "1d",
+    Interval.W1: "1w",
+    Interval.MO1: "1M",
+}
+_TWELVE_DATA = {
+    Interval.M1: "1min",
+    Interval.M5: "5min",
+    Interval.M15: "15min",
+    Interval.M30: "30min",
+    Interval.H1: "1h",
+    Interval.H4: "4h",
+    Interval.D1: "1day",
+    Interval.W1: "1week",
+    Interval.MO1: "1month",
+}
+_WIDTH = {
+    Interval.M1: _MINUTE,
+    Interval.M5: 5 * _MINUTE,
+    Interval.M15: 15 * _MINUTE,
+    Interval.M30: 30 * _MINUTE,
+    Interval.H1: _HOUR,
+    Interval.H4: 4 * _HOUR,
+    Interval.D1: _DAY,
+    Interval.W1: _WEEK,
+}
+
+ALL_INTERVALS: tuple[Interval, ...] = tuple(Interval)
+
+
+def parse_interval(value: object) -> Interval:
+    """The app interval named `value`, or InvalidInterval with the accepted names."""
+    if isinstance(value, Interval):
+        return value
+    if isinstance(value, str):
+        try:
+            return Interval(value)
+        except ValueError:
+            pass
+    accepted = ", ".join(i.value for i in Interval)
+    hint = ""
+    if isinstance(value, str) and value.lower() in {"1h", "4h", "1d", "1w"}:
+        hint = f" (did you mean {value[:-1] + value[-1].upper()!r}? hours, days and weeks are upper case)"
+    shown = value if isinstance(value, str) and len(value) <= 20 else type(value).__name__
+    raise InvalidInterval(f"unsupported interval {shown!r}: use one of {accepted}{hint}")
+
+
+# --- calendar months -------------------------------------------------------------------------
+
+
+def _month_index(t: int) -> int:
+    """Months since 1970-01 for the instant t (floor)."""
+    tm = time.gmtime(t)
+    return (tm.tm_year - 1970) * 12 + (tm.tm_mon - 1)
+
+
+def _month_start(index: int) -> int:
+    year, month0 = divmod(index, 12)
+    return calendar.timegm((1970 + year, month0 + 1, 1, 0, 0, 0))
+
+
+# --- the arithmetic --------------------------------------------------------------------------
+
+
+def bar_open(interval: Interval, t: int) -> int:
+    """Open time of the bar that contains the instant t."""
+    t = int(t)
+    if interval is Interval.MO1:
+        return _month_start(_month_index(t))
+    width = _WIDTH[interval]
+    if interval is Interval.W1:
+        return t - (t - _FIRST_MONDAY) % width
+    return t - t % width
+
+
+def is_aligned(interval: Interval, t: int) -> bool:
+    """Whether t is the open time of a bar."""
+    return bar_open(interval, t) == t
+
+
+def next_open(interval: Interval, open_time: int) -> int:
+    """Open time of the bar after the one containing open_time."""
+    if interval is Interval.MO1:
+        return _month_start(_month_index(open_time) + 1)
+    return bar_open(interval, open_time) + _WIDTH[interval]
+
+
+def prev_open(interval: Interval, open_time: int) -> int:
+    """Open time of the bar before the one containing open_time."""
+    if interval is Interval.MO1:
+        return _month_start(_month_index(open_time) - 1)
+    return bar_open(interval, open_time) - _WIDTH[interval]
+
+
+def add_bars(interval: Interval, open_time: int, n: int) -> int:
+    """Open time n bars after (n < 0: before) the bar containing open_time."""
+    start = bar_open(interval, open_time)
+    if interval is Interval.MO1:
+        return _month_start(_month_index(start) + n)
+    return start + n * _WIDTH[interval]
+
+
+def first_open_at_or_after(interval: Interval, t: int) -> int:
+    """The first bar opening at or after t (a mid-bar t skips to the next bar, as Binance does)."""
+    b = bar_open(interval, t)
+    return b if b == t else next_open(interval, b)
+
+
+def is_closed(interval: Interval, open_time: int, now: float) -> bool:
+    """Whether the bar opening at open_time has closed by the instant now."""
+    return next_open(interval, open_time) <= now
+
+
+def last_closed_open(interval: Interval, now: float) -> int:
+    """Open time of the newest bar that is closed at the instant now."""
+    return prev_open(interval, bar_open(interval, int(now)))
+
+
+def count_bars(interval: Interval, start: int, end: int) -> int:
+    """Number of bar open times in the inclusive range [start, end] (0 if none)."""
+    first = first_open_at_or_after(interval, start)
+    if first > end:
+        return 0
+    last = bar_open(interval, end)
+    if interval is Interval.MO1:
+        return _month_index(last) - _month_index(first) + 1
+    return (last - first) // _WIDTH[interval] + 1

@@ -1,0 +1,159 @@
+"""The data shapes of the service: candles, asset classes, and the API's request and response models.
+
+`Candle` is a frozen slotted dataclass rather than a pydantic model because the hot paths build
+thousands of them per request (a 5000-bar cache read); pydantic still validates and serializes it
+wherever it appears inside the request and response models below. Bars coming from a provider are
+checked by `marketdata.providers.base.validate_bar` before they become Candles.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import Enum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from marketdata.errors import InvalidRequest
+from marketdata.intervals import Interval
+
+MAX_LIMIT = 5000
+DEFAULT_LIMIT = 500
+
+# Binance: ^[A-Z0-9-_.]{1,20}$ ; Twelve Data forex: BASE/QUOTE with 2-10 letters each (some metals and
+# crypto crosses are longer than 3). Anything else never reaches a provider or the database.
+_CRYPTO_SYMBOL = re.compile(r"^[A-Z0-9\-_.]{1,20}$")
+_FOREX_SYMBOL = re.compile(r"^[A-Z]{2,10}/[A-Z]{2,10}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Candle:
+    """One OHLCV bar. `time` is the bar's open time in Unix seconds (UTC); volume is 0 where the provider has none."""
+
+    time: int
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float = 0.0
+
+
+class AssetClass(str, Enum):
+    CRYPTO = "crypto"
+    FOREX = "forex"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def detect_asset_class(symbol: str) -> AssetClass:
+    """A symbol containing '/' is forex (EUR/USD), anything else crypto (BTCUSDT)."""
+    return AssetClass.FOREX if "/" in symbol else AssetClass.CRYPTO
+
+
+def normalize_symbol(symbol: object) -> str:
+    """The canonical form of a symbol (upper case, trimmed), or InvalidRequest naming the parameter.
+
+    Both providers use upper-case symbols; accepting `btcusdt` and `eur/usd` costs nothing and saves
+    users a round trip. The pattern check keeps quotes, SQL and control characters out of every layer.
+    """
+    if not isinstance(symbol, str) or not symbol.strip():
+        raise InvalidRequest("symbol is required, for example BTCUSDT or EUR/USD", param="symbol")
+    text = symbol.strip().upper()
+    pattern = _FOREX_SYMBOL if "/" in text else _CRYPTO_SYMBOL
+    if not pattern.fullmatch(text):
+        shown = text if len(text) <= 32 else text[:32] + "..."
+        kind = "a forex pair like EUR/USD" if "/" in text else "a crypto pair like BTCUSDT (A-Z, 0-9, - _ .)"
+        raise InvalidRequest(f"invalid symbol {shown!r}: expected {kind}", param="symbol")
+    return text
+
+
+class CacheStatus(str, Enum):
+    """How an answer was produced; sent as the X-Cache header.
+
+    hit: entirely from the cache, no provider call. miss: the cache was filled from the provider first.
+    partial: the provider failed, so this is what the cache had (may be incomplete). bypass: the
+    database was unavailable, so the provider answered directly.
+    """
+
+    HIT = "hit"
+    MISS = "miss"
+    PARTIAL = "partial"
+    BYPASS = "bypass"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# --- requests ----------------------------------------------------------------------------------
+
+UnixSeconds = Annotated[int, Field(ge=0, le=32503680000, description="Unix seconds, UTC")]
+
+
+class HistoryQuery(BaseModel):
+    """GET /v1/candles query. start/end are inclusive bounds on bar open time."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    symbol: str = Field(description="BTCUSDT (crypto, Binance) or EUR/USD (forex, Twelve Data)", examples=["BTCUSDT"])
+    interval: Interval = Field(description="1m 5m 15m 30m 1H 4H 1D 1W 1M (case matters: 1m minute, 1M month)")
+    start: UnixSeconds | None = Field(default=None, description="first bar open time to include (Unix seconds)")
+    end: UnixSeconds | None = Field(default=None, description="last bar open time to include (Unix seconds)")
+    limit: int = Field(default=DEFAULT_LIMIT, ge=1, le=MAX_LIMIT, description="maximum number of candles")
+    include_open: bool = Field(default=False, description="append the still-open bar (never cached)")
+
+    @field_validator("symbol", mode="before")
+    @classmethod
+    def _symbol(cls, value: object) -> str:
+        try:
+            return normalize_symbol(value)
+        except InvalidRequest as exc:
+            raise ValueError(exc.message) from None
+
+    @model_validator(mode="after")
+    def _range(self) -> HistoryQuery:
+        if self.start is not None and self.end is not None and self.start > self.end:
+            raise ValueError("start must not be after end")
+        return self
+
+    @property
+    def asset_class(self) -> AssetClass:
+        return detect_asset_class(self.symbol)
+
+
+class SymbolsQuery(BaseModel):
+    """GET /v1/symbols query."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    asset_class: AssetClass = Field(description="crypto (Binance pairs) or forex (Twelve Data pairs)")
+
+
+# --- responses ---------------------------------------------------------------------------------
+
+
+class HistoryResponse(BaseModel):
+    """200 body of GET /v1/candles. Candles ascending by time."""
+
+    symbol: str
+    interval: Interval
+    asset_class: AssetClass
+    provider: Literal["binance", "twelve_data"]
+    candles: list[Candle]
+    next_start: int | None = Field(description="pass as start to get the next page; null when nothing remains")
+
+
+class SymbolsResponse(BaseModel):
+    """200 body of GET /v1/symbols."""
+
+    asset_class: AssetClass
+    symbols: list[str]
+
+
+class ErrorResponse(BaseModel):
+    """Body of every error answer."""
+
+    message: str
+    param: str | None = None
+

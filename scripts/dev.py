@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""Developer entry point: `python3 scripts/dev.py test` and `python3 scripts/dev.py serve`.
+
+Needs only Python 3.11+ on the machine. It creates `.venv/` beside the repository, installs the
+project with its dev tools into it (again only when pyproject.toml changed), and then:
+
+  test   runs the whole suite (ruff, then pytest on 2 workers); extra arguments go to pytest
+  serve  starts the service on http://127.0.0.1:3000 (embedded Postgres unless DATABASE_URL is set)
+
+Uses only the standard library, so it runs before anything is installed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV = ROOT / ".venv"
+PY = VENV / "bin" / "python"
+STAMP = VENV / ".installed"
+
+
+def _say(msg: str) -> None:
+    print(f"[dev] {msg}", flush=True)
+
+
+def _run(cmd: list[str], **kw) -> int:
+    return subprocess.call(cmd, cwd=ROOT, **kw)
+
+
+def ensure_venv() -> None:
+    if sys.version_info < (3, 11):
+        sys.exit(f"Python 3.11+ is required, this is {sys.version.split()[0]}")
+    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if PY.exists() and STAMP.exists() and STAMP.read_text() == wanted:
+        return
+    if not PY.exists():
+        _say(f"creating {VENV}")
+        venv.EnvBuilder(with_pip=True, clear=True).create(VENV)
+    _say("installing the project and its dev tools (first run only)")
+    pip = [str(PY), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+    if _run([*pip, "--upgrade", "pip"]) != 0 or _run([*pip, "-e", ".[dev]"]) != 0:
+        sys.exit("pip install failed (see above)")
+    STAMP.write_text(wanted)
+
+
+def ensure_pgbouncer() -> None:
+    """The RDS Proxy stand-in for the pooling tests. Installed from Debian's packages when we can."""
+    if shutil.which("pgbouncer") or os.path.exists("/usr/sbin/pgbouncer"):
+        return
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        _say("installing pgbouncer (apt-get)")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        quiet = {"stdout": subprocess.DEVNULL, "env": env}
+        if _run(["apt-get", "update", "-qq"], **quiet) == 0 and _run(
+            ["apt-get", "install", "-y", "-qq", "pgbouncer"], **quiet
+        ) == 0:
+            # The package starts a system service we do not want; the tests run their own.
+            _run(["service", "pgbouncer", "stop"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            return
+    _say("pgbouncer is not installed: the PgBouncer tests will fail and say how to install it")
+
+
+def cmd_test(args: list[str]) -> int:
+    ensure_venv()
+    ensure_pgbouncer()
+    _say("ruff")
+    if _run([str(PY), "-m", "ruff", "check", "."]) != 0:
+        return 1
+    _say("pytest")
+    workers = [] if any(a.startswith("-n") for a in args) else ["-n", "2"]
+    return _run([str(PY), "-m", "pytest", *workers, *args])
+
+
+def cmd_serve(args: list[str]) -> int:
+    ensure_venv()
+    return _run([str(PY), str(ROOT / "scripts" / "local_api.py"), *args])
+
+
+def main() -> int:
+    commands = {"test": cmd_test, "serve": cmd_serve}
+    if len(sys.argv) < 2 or sys.argv[1] not in commands:
+        print(__doc__)
+        return 2
+    return commands[sys.argv[1]](sys.argv[2:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

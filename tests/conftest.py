@@ -1,0 +1,1 @@
+"""Fixtures shared by the whole suite live in tests/support/; they are registered here."""
