@@ -21,9 +21,10 @@ from marketdata.intervals import Interval
 MAX_LIMIT = 5000
 DEFAULT_LIMIT = 500
 
-# Binance: ^[A-Z0-9-_.]{1,20}$ ; Twelve Data forex: BASE/QUOTE with 2-10 letters each (some metals and
-# crypto crosses are longer than 3). Anything else never reaches a provider or the database.
-_CRYPTO_SYMBOL = re.compile(r"^[A-Z0-9\-_.]{1,20}$")
+# Binance documents ^[A-Z0-9-_.]{1,20}$ but lists some symbols with non-ASCII letters, so letters of any
+# script are allowed (never quotes, spaces or punctuation beyond - _ .). Twelve Data forex: BASE/QUOTE with
+# 2-10 letters each. Anything else never reaches a provider or the database.
+_CRYPTO_SYMBOL = re.compile(r"^[\w\-.]{1,20}$")
 _FOREX_SYMBOL = re.compile(r"^[A-Z]{2,10}/[A-Z]{2,10}$")
 
 
@@ -64,7 +65,7 @@ def normalize_symbol(symbol: object) -> str:
     pattern = _FOREX_SYMBOL if "/" in text else _CRYPTO_SYMBOL
     if not pattern.fullmatch(text):
         shown = text if len(text) <= 32 else text[:32] + "..."
-        kind = "a forex pair like EUR/USD" if "/" in text else "a crypto pair like BTCUSDT (A-Z, 0-9, - _ .)"
+        kind = "a forex pair like EUR/USD" if "/" in text else "a crypto pair like BTCUSDT (letters, digits, - _ .)"
         raise InvalidRequest(f"invalid symbol {shown!r}: expected {kind}", param="symbol")
     return text
 
