@@ -1,0 +1,375 @@
+"""Twelve Data forex time series and the fixed list of supported pairs.
+
+Facts this module relies on (see PROVIDERS.md):
+- `GET /time_series` with start_date/end_date returns at most `outputsize` (<= 5000) rows; without an
+  end_date it returns the NEWEST rows, so every request names an explicit window. Whether end_date is
+  inclusive is unverified (a date-only end_date was exclusive for 1day), so each window asks for one
+  bar past its last wanted bar and the rows are filtered here: 4999 wanted bars + 1 = 5000 at most.
+- Datetimes come back without an offset in the requested timezone (timezone=UTC); daily and longer
+  intervals are date-only and read as 00:00 UTC. Forex rows carry no volume (stored as 0).
+- Errors come as a body {"code", "message", "status": "error"}, often with HTTP 200. A window without
+  bars (a weekend, before the history starts) is a 404 "Data not found": an empty, covered page.
+
+The API key goes in the `Authorization: apikey KEY` header, never in the URL: httpx logs request URLs
+at INFO, and errors name only the path. Upstream messages are scrubbed of the key before they are
+put into an error, in case one ever echoes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import re
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
+
+import httpx
+
+from marketdata.config import Settings
+from marketdata.errors import (
+    InvalidRequest,
+    SymbolNotFound,
+    UpstreamAuthError,
+    UpstreamBadResponse,
+    UpstreamRateLimited,
+    UpstreamUnavailable,
+)
+from marketdata.intervals import Interval, add_bars, next_open, parse_interval
+from marketdata.providers.base import (
+    FetchResult,
+    Page,
+    assemble_page,
+    merge_pages,
+    plan_range,
+    upstream_number,
+    validate_bar,
+)
+from marketdata.providers.http import (
+    Budget,
+    Retry,
+    RetryingHttp,
+    build_http_client,
+    read_json,
+    retry_after_seconds,
+    seconds_to_next_minute,
+)
+from marketdata.schemas import AssetClass, Candle
+
+logger = logging.getLogger(__name__)
+
+TIME_SERIES_PATH = "/time_series"
+MAX_OUTPUTSIZE = 5000
+# Twelve Data may publish a bar a little after it closes: a missing bar younger than this is "not yet
+# there", not "does not exist", and is left out of the page's coverage (see assemble_page).
+SETTLE_SECONDS = 120.0
+
+FOREX_PAIRS: tuple[str, ...] = (
+    "EUR/USD",
+    "GBP/USD",
+    "USD/JPY",
+    "USD/CHF",
+    "AUD/USD",
+    "NZD/USD",
+    "USD/CAD",
+    "EUR/GBP",
+    "EUR/JPY",
+    "GBP/JPY",
+    "AUD/JPY",
+    "EUR/AUD",
+    "GBP/AUD",
+    "EUR/CAD",
+    "GBP/CAD",
+    "AUD/NZD",
+    "EUR/NZD",
+    "CHF/JPY",
+    "CAD/JPY",
+    "NZD/JPY",
+    "EUR/CHF",
+    "GBP/CHF",
+    "AUD/CAD",
+    "NZD/CAD",
+    "GBP/NZD",
+)
+
+_SYMBOL_NOT_FOUND = re.compile(r"\*\*symbol\*\*\s+not found", re.IGNORECASE)
+_DAILY_QUOTA = re.compile(r"for the day|daily", re.IGNORECASE)
+# "**interval**", "**start_date**" ... in a 400 message name the offending parameter.
+_PARAM_IN_MESSAGE = re.compile(r"\*\*(\w+)\*\*")
+_PARAM_NAMES = {
+    "symbol": "symbol",
+    "interval": "interval",
+    "start_date": "start",
+    "end_date": "end",
+    "outputsize": "limit",
+}
+_NO_DATA = object()
+_EPOCH = datetime(1970, 1, 1)
+
+
+class TwelveDataClient:
+    """Twelve Data REST client for forex. One instance per process (see marketdata.providers.get_provider)."""
+
+    name = "twelve_data"
+    display_name = "Twelve Data"
+    asset_class = AssetClass.FOREX
+    max_page_bars = MAX_OUTPUTSIZE
+    settle_seconds = SETTLE_SECONDS
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        http: httpx.Client | None = None,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        # The key is NOT read here: a missing key must fail the first forex call, not construction.
+        self._settings = settings
+        self._clock = clock
+        self._owns_http = http is None
+        self._http = RetryingHttp(
+            http if http is not None else build_http_client(settings, settings.twelve_data_rest_url),
+            settings,
+            base_url=settings.twelve_data_rest_url,
+            base_url_setting="TWELVE_DATA_REST_URL",
+            provider=self.name,
+            display_name=self.display_name,
+            sleep=sleep,
+            monotonic=monotonic,
+            rng=rng,
+        )
+        # After a 429 that was not waited out: no request before this instant (clock seconds).
+        self._paused_until = 0.0
+
+    # --- public interface ----------------------------------------------------------------------
+
+    def iter_pages(self, symbol: str, interval: Interval | str, start: int, end: int) -> Iterator[Page]:
+        """One page per window of at most 4999 bars covering [start, end] (see the Page docstring)."""
+        interval = parse_interval(interval)
+        api_key = self._settings.require_twelve_data_api_key()
+        plan = plan_range(interval, start, end, self._clock())
+        if plan is None:
+            return
+        window_start = plan.first
+        while window_start <= plan.last:
+            # 4999 wanted bars plus the one past them that we ask for and drop: 5000 rows at most.
+            window_last = min(add_bars(interval, window_start, self.max_page_bars - 2), plan.last)
+            request_end = next_open(interval, window_last)
+            body = self._get(symbol, interval, window_start, request_end, api_key)
+            if body is _NO_DATA:
+                bars: list[Candle] = []
+                dropped = 0
+            else:
+                bars, dropped = self._parse_values(body, interval, symbol, window_start, window_last)
+            yield assemble_page(
+                plan, window_start, window_last, bars, dropped=dropped, settle_seconds=self.settle_seconds
+            )
+            window_start = next_open(interval, window_last)
+
+    def fetch_candles(
+        self, symbol: str, interval: Interval | str, start: int, end: int, limit: int | None = None
+    ) -> FetchResult:
+        return merge_pages(self.iter_pages(symbol, interval, start, end), limit)
+
+    fetch_timeseries = fetch_candles
+
+    def get_available_symbols(self) -> list[str]:
+        """The 25 supported pairs, sorted. No request: the service's forex scope is this fixed list."""
+        return sorted(FOREX_PAIRS)
+
+    def close(self) -> None:
+        if self._owns_http:
+            self._http.client.close()
+
+    # --- requests ------------------------------------------------------------------------------
+
+    def _get(
+        self, symbol: str, interval: Interval, window_start: int, request_end: int, api_key: str
+    ) -> object:
+        params: dict[str, str | int] = {
+            "symbol": symbol,
+            "interval": interval.twelve_data,
+            "start_date": _format_utc(window_start),
+            "end_date": _format_utc(request_end),
+            "timezone": "UTC",
+            "order": "asc",
+            "outputsize": MAX_OUTPUTSIZE,
+        }
+        logger.debug("Twelve Data GET %s %s", TIME_SERIES_PATH, params)
+        try:
+            return self._http.get(
+                TIME_SERIES_PATH,
+                params,
+                headers={"Authorization": f"apikey {api_key}"},
+                interpret=lambda response: self._interpret(response, symbol, api_key),
+                before_attempt=self._check_not_paused,
+            )
+        except UpstreamRateLimited as exc:
+            # Out of credits until retry_after: asking again before then only wastes a round trip.
+            if exc.retry_after:
+                self._paused_until = max(self._paused_until, self._clock() + exc.retry_after)
+            raise
+
+    def _check_not_paused(self, budget: Budget) -> None:
+        wait = self._paused_until - self._clock()
+        if wait > 0:
+            raise UpstreamRateLimited(
+                f"Twelve Data credits exhausted; retry in {math.ceil(wait)}s",
+                provider=self.name,
+                retry_after=math.ceil(wait),
+            )
+
+    def _interpret(self, response: httpx.Response, symbol: str, api_key: str) -> object:
+        status = response.status_code
+        left = response.headers.get("api-credits-left")
+        if left is not None:
+            logger.debug("Twelve Data credits left: %s", left)
+        try:
+            body = read_json(response, provider=self.name, display_name=self.display_name)
+        except UpstreamBadResponse:
+            # Not JSON (an HTML page from a proxy, say): the HTTP status is all there is to go on.
+            if status >= 500:
+                return Retry(UpstreamUnavailable(f"Twelve Data answered HTTP {status}", provider=self.name))
+            if status in (401, 403):
+                raise UpstreamAuthError(
+                    f"Twelve Data rejected the API key (HTTP {status})", provider=self.name
+                ) from None
+            if status == 429:
+                return self._rate_limited(response, "")
+            raise
+        if isinstance(body, dict) and body.get("status") == "error":
+            return self._error_outcome(body, response, symbol, api_key)
+        if status == 200:
+            return body
+        # A non-200 status with a body that is not a Twelve Data error body.
+        if status >= 500:
+            return Retry(UpstreamUnavailable(f"Twelve Data answered HTTP {status}", provider=self.name))
+        if status == 429:
+            return self._rate_limited(response, "")
+        if status in (401, 403):
+            raise UpstreamAuthError(f"Twelve Data rejected the API key (HTTP {status})", provider=self.name)
+        raise UpstreamBadResponse(f"Twelve Data answered with unexpected HTTP {status}", provider=self.name)
+
+    def _error_outcome(
+        self, body: dict[str, object], response: httpx.Response, symbol: str, api_key: str
+    ) -> object:
+        raw_code = body.get("code")
+        code = (
+            raw_code if isinstance(raw_code, int) and not isinstance(raw_code, bool) else response.status_code
+        )
+        raw_message = body.get("message")
+        message = _scrub(raw_message if isinstance(raw_message, str) else "", api_key)
+        if code == 404:
+            logger.info("Twelve Data has no bars for %s in this window: %s", symbol, message)
+            return _NO_DATA
+        if code == 400:
+            if _SYMBOL_NOT_FOUND.search(message):
+                raise SymbolNotFound(symbol, self.name)
+            raise InvalidRequest(
+                f"Twelve Data rejected the request: {message}", param=_param_from_message(message)
+            )
+        if code == 414:
+            raise InvalidRequest(f"Twelve Data rejected the request: {message}")
+        if code in (401, 403):
+            raise UpstreamAuthError(
+                f"Twelve Data refused the request (code {code}): {message}", provider=self.name
+            )
+        if code == 429:
+            return self._rate_limited(response, message)
+        if code >= 500:
+            return Retry(UpstreamUnavailable(f"Twelve Data error {code}: {message}", provider=self.name))
+        raise UpstreamUnavailable(f"Twelve Data error {code}: {message}", provider=self.name)
+
+    def _rate_limited(self, response: httpx.Response, message: str) -> Retry:
+        header = retry_after_seconds(response.headers)
+        now = self._clock()
+        if header is not None:
+            wait = header
+        elif _DAILY_QUOTA.search(message):
+            wait = 86400 - now % 86400  # daily credits reset at 00:00 UTC
+        else:
+            wait = seconds_to_next_minute(now)
+        detail = f": {message}" if message else ""
+        return Retry(
+            UpstreamRateLimited(
+                f"Twelve Data credits exhausted (429){detail}",
+                provider=self.name,
+                retry_after=math.ceil(wait),
+            ),
+            delay=wait,
+        )
+
+    # --- parsing -------------------------------------------------------------------------------
+
+    def _parse_values(
+        self, body: object, interval: Interval, symbol: str, window_start: int, window_last: int
+    ) -> tuple[list[Candle], int]:
+        """Validated candles of the rows inside [window_start, window_last], and how many were dropped."""
+        values = body.get("values") if isinstance(body, dict) else None
+        if not isinstance(values, list):
+            raise UpstreamBadResponse(
+                "Twelve Data time_series: no 'values' list in the body", provider=self.name
+            )
+        bars: list[Candle] = []
+        dropped = 0
+        source = f"twelve_data {symbol} {interval.value}"
+        for index, row in enumerate(values):
+            what = f"Twelve Data row {index}"
+            if not isinstance(row, dict):
+                raise UpstreamBadResponse(
+                    f"{what}: expected an object, got {type(row).__name__}", provider=self.name
+                )
+            open_time = self._parse_datetime(row.get("datetime"), what)
+            if not window_start <= open_time <= window_last:
+                continue  # the bar past the window that we asked for, or anything else outside it
+            volume = row.get("volume")
+            candle = validate_bar(
+                interval,
+                open_time,
+                upstream_number(row.get("open"), provider=self.name, what=what),
+                upstream_number(row.get("high"), provider=self.name, what=what),
+                upstream_number(row.get("low"), provider=self.name, what=what),
+                upstream_number(row.get("close"), provider=self.name, what=what),
+                0.0
+                if volume is None or volume == ""
+                else upstream_number(volume, provider=self.name, what=what),
+                source=source,
+            )
+            if candle is None:
+                dropped += 1
+            else:
+                bars.append(candle)
+        return bars, dropped
+
+    def _parse_datetime(self, value: object, what: str) -> float:
+        """'YYYY-MM-DD HH:MM:SS' (UTC, as requested) or 'YYYY-MM-DD' (00:00 UTC) -> Unix seconds."""
+        if not isinstance(value, str):
+            raise UpstreamBadResponse(f"{what}: datetime missing", provider=self.name)
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            shown = value if len(value) <= 30 else value[:30] + "..."
+            raise UpstreamBadResponse(f"{what}: unreadable datetime {shown!r}", provider=self.name) from None
+        if parsed.tzinfo is None:
+            return (parsed - _EPOCH).total_seconds()  # naive values are UTC (timezone=UTC was asked for)
+        return parsed.timestamp()
+
+
+def _format_utc(t: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))
+
+
+def _scrub(message: str, api_key: str) -> str:
+    """The upstream message, without the key (replaced before truncating, so no piece of it survives)."""
+    if api_key:
+        message = message.replace(api_key, "***")
+    return message[:300]
+
+
+def _param_from_message(message: str) -> str | None:
+    match = _PARAM_IN_MESSAGE.search(message)
+    return _PARAM_NAMES.get(match.group(1)) if match else None

@@ -1,0 +1,68 @@
+"""pytest fixtures for the fake upstream server (registered in tests/conftest.py).
+
+- `fake_upstream_server` (session): one FakeUpstream per test process (per xdist worker) on a free
+  loopback port.
+- `fake_upstream` (function): the same server, reset before the test (requests, faults, clock,
+  weight and credit counters), so every test starts clean.
+- `upstream_settings` (function): a `Settings` pointing both providers at the fake, with a test Twelve
+  Data key and small timeouts and retry budgets so injected faults resolve quickly.
+- `settings_for(fake, **overrides)`: the same as a plain function, for tests that need other knobs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from marketdata.config import Settings
+
+from tests.support.fake_upstream import FakeUpstream
+
+__all__ = [
+    "TEST_TWELVE_DATA_API_KEY",
+    "fake_upstream",
+    "fake_upstream_server",
+    "settings_for",
+    "upstream_settings",
+]
+
+#: The only Twelve Data key the test fake accepts (any other gets the 401 body).
+TEST_TWELVE_DATA_API_KEY = "test-td-key-0123456789"
+
+
+def settings_for(fake: FakeUpstream, **overrides: Any) -> Settings:
+    """Settings aimed at `fake`. Overrides use the environment variable names (e.g. HTTP_READ_TIMEOUT=2)."""
+    env: dict[str, Any] = {
+        "BINANCE_REST_URL": fake.url,
+        "TWELVE_DATA_REST_URL": fake.url,
+        "TWELVE_DATA_API_KEY": TEST_TWELVE_DATA_API_KEY,
+        "HTTP_CONNECT_TIMEOUT": 1.0,
+        # Below FakeUpstream.timeout_seconds, so a "timeout" fault really times the client out.
+        "HTTP_READ_TIMEOUT": 1.0,
+        "UPSTREAM_RETRY_BUDGET_SECONDS": 2.0,
+        "UPSTREAM_MAX_ATTEMPTS": 3,
+    }
+    env.update(overrides)
+    return Settings.model_validate(env)
+
+
+@pytest.fixture(scope="session")
+def fake_upstream_server() -> Iterator[FakeUpstream]:
+    fake = FakeUpstream(api_keys=[TEST_TWELVE_DATA_API_KEY]).start()
+    try:
+        yield fake
+    finally:
+        fake.stop()
+
+
+@pytest.fixture
+def fake_upstream(fake_upstream_server: FakeUpstream) -> Iterator[FakeUpstream]:
+    fake_upstream_server.reset()
+    yield fake_upstream_server
+    fake_upstream_server.reset()
+
+
+@pytest.fixture
+def upstream_settings(fake_upstream: FakeUpstream) -> Settings:
+    return settings_for(fake_upstream)
