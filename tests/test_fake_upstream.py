@@ -20,8 +20,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from marketdata import intervals as app_intervals
 
+from marketdata import intervals as app_intervals
 from tests.support import fake_upstream as fu
 from tests.support.fake_upstream import FakeUpstream, expected_bars
 from tests.support.upstream_fixtures import TEST_TWELVE_DATA_API_KEY

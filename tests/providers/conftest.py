@@ -6,9 +6,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+
 from marketdata.providers.binance import BinanceClient
 from marketdata.providers.twelve_data import TwelveDataClient
-
 from tests.providers.helpers import FakeTime, Recorder, make_settings, utc
 
 

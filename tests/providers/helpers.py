@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
 from marketdata.config import Settings
 from marketdata.intervals import Interval, bar_open, first_open_at_or_after, next_open
 

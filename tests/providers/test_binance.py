@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from marketdata.errors import (
     InvalidRequest,
     SymbolNotFound,
@@ -19,7 +20,6 @@ from marketdata.errors import (
 from marketdata.intervals import Interval, add_bars, last_closed_open, next_open
 from marketdata.providers.binance import BinanceClient
 from marketdata.schemas import Candle
-
 from tests.providers.helpers import (
     FakeTime,
     Recorder,

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from datetime import datetime
 
 import pytest
+
 from marketdata.config import Settings
 from marketdata.errors import (
     InvalidRequest,
@@ -26,7 +27,6 @@ from marketdata.errors import (
 from marketdata.intervals import Interval
 from marketdata.providers.binance import BinanceClient
 from marketdata.providers.twelve_data import TwelveDataClient
-
 from tests.support import fake_upstream as fu
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.upstream_fixtures import TEST_TWELVE_DATA_API_KEY, settings_for

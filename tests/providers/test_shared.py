@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+
 from marketdata.config import Settings
 from marketdata.errors import ConfigurationError, UpstreamAuthError, UpstreamBadResponse, UpstreamUnavailable
 from marketdata.intervals import Interval
@@ -28,7 +29,6 @@ from marketdata.providers.binance import BinanceClient
 from marketdata.providers.http import USER_AGENT, build_http_client, retry_after_seconds
 from marketdata.providers.twelve_data import TwelveDataClient
 from marketdata.schemas import AssetClass, Candle
-
 from tests.providers.helpers import API_KEY, FakeTime, Recorder, json_response, make_settings, utc
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.upstream_fixtures import settings_for

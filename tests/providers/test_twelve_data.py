@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from marketdata.errors import (
     ConfigurationError,
     InvalidRequest,
@@ -24,7 +25,6 @@ from marketdata.errors import (
 from marketdata.intervals import Interval, add_bars, count_bars, next_open
 from marketdata.providers.twelve_data import TwelveDataClient
 from marketdata.schemas import Candle
-
 from tests.providers.helpers import (
     API_KEY,
     FakeTime,

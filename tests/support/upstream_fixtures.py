@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from marketdata.config import Settings
 
+from marketdata.config import Settings
 from tests.support.fake_upstream import FakeUpstream
 
 __all__ = [
