@@ -112,7 +112,15 @@ def test_weeks_start_monday_midnight_utc() -> None:
 
 @pytest.mark.parametrize(
     ("year", "month", "days"),
-    [(2024, 2, 29), (2023, 2, 28), (2100, 2, 28), (2000, 2, 29), (2024, 4, 30), (2024, 12, 31), (2024, 1, 31)],
+    [
+        (2024, 2, 29),
+        (2023, 2, 28),
+        (2100, 2, 28),
+        (2000, 2, 29),
+        (2024, 4, 30),
+        (2024, 12, 31),
+        (2024, 1, 31),
+    ],
 )
 def test_months_are_calendar_months(year: int, month: int, days: int) -> None:
     start = ts(year, month, 1)
@@ -164,7 +172,15 @@ def test_closedness_at_the_boundary(interval: Interval) -> None:
 def test_interval_provider_names() -> None:
     assert [i.binance for i in ALL_INTERVALS] == ["1m", "5m", "15m", "30m", "1h", "4h", "1d", "1w", "1M"]
     assert [i.twelve_data for i in ALL_INTERVALS] == [
-        "1min", "5min", "15min", "30min", "1h", "4h", "1day", "1week", "1month",
+        "1min",
+        "5min",
+        "15min",
+        "30min",
+        "1h",
+        "4h",
+        "1day",
+        "1week",
+        "1month",
     ]
 
 

@@ -23,14 +23,37 @@ def test_asset_class_detection() -> None:
     assert detect_asset_class("EUR/USD") is AssetClass.FOREX
 
 
-@pytest.mark.parametrize(("raw", "norm"), [("btcusdt", "BTCUSDT"), (" EUR/USD ", "EUR/USD"), ("eur/jpy", "EUR/JPY"), ("币安人生USDT", "币安人生USDT")])
+@pytest.mark.parametrize(
+    ("raw", "norm"),
+    [
+        ("btcusdt", "BTCUSDT"),
+        (" EUR/USD ", "EUR/USD"),
+        ("eur/jpy", "EUR/JPY"),
+        ("币安人生USDT", "币安人生USDT"),
+    ],
+)
 def test_symbols_are_normalized(raw: str, norm: str) -> None:
     assert normalize_symbol(raw) == norm
 
 
 @pytest.mark.parametrize(
     "bad",
-    ["", "   ", None, 42, "BTC'; DROP TABLE ohlcv_cache;--", "EUR/USD/JPY", "EUR/", "/USD", "A" * 21, "BTC USDT", "ÉUR/USD", "BTC\nUSDT", 'BTC"USDT', "BTC%USDT"],
+    [
+        "",
+        "   ",
+        None,
+        42,
+        "BTC'; DROP TABLE ohlcv_cache;--",
+        "EUR/USD/JPY",
+        "EUR/",
+        "/USD",
+        "A" * 21,
+        "BTC USDT",
+        "ÉUR/USD",
+        "BTC\nUSDT",
+        'BTC"USDT',
+        "BTC%USDT",
+    ],
 )
 def test_bad_symbols_are_rejected_naming_the_parameter(bad: object) -> None:
     with pytest.raises(InvalidRequest) as info:
@@ -62,7 +85,9 @@ def test_history_response_serializes_candles_as_objects() -> None:
         next_start=None,
     ).model_dump(mode="json")
     assert body["interval"] == "1H"
-    assert body["candles"] == [{"time": 3600, "open": 1.0, "high": 2.0, "low": 0.5, "close": 1.5, "volume": 10.0}]
+    assert body["candles"] == [
+        {"time": 3600, "open": 1.0, "high": 2.0, "low": 0.5, "close": 1.5, "volume": 10.0}
+    ]
 
 
 def test_settings_defaults_and_names() -> None:
