@@ -26,9 +26,13 @@ class Settings(BaseModel):
     twelve_data_rest_url: str = Field("https://api.twelvedata.com", validation_alias="TWELVE_DATA_REST_URL")
     twelve_data_api_key: SecretStr | None = Field(None, validation_alias="TWELVE_DATA_API_KEY")
     # Where the deployed functions find the key when it is not in the environment (template.yaml sets one).
-    twelve_data_api_key_secret_arn: str | None = Field(None, validation_alias="TWELVE_DATA_API_KEY_SECRET_ARN")
+    twelve_data_api_key_secret_arn: str | None = Field(
+        None, validation_alias="TWELVE_DATA_API_KEY_SECRET_ARN"
+    )
     twelve_data_api_key_parameter: str | None = Field(None, validation_alias="TWELVE_DATA_API_KEY_PARAMETER")
-    binance_quote_assets: tuple[str, ...] = Field(("USDT", "BUSD", "BTC"), validation_alias="BINANCE_QUOTE_ASSETS")
+    binance_quote_assets: tuple[str, ...] = Field(
+        ("USDT", "BUSD", "BTC"), validation_alias="BINANCE_QUOTE_ASSETS"
+    )
 
     # HTTP timeouts (seconds) and retry budget: all well inside API Gateway's 30 s.
     http_connect_timeout: float = Field(3.0, gt=0, validation_alias="HTTP_CONNECT_TIMEOUT")
@@ -37,7 +41,9 @@ class Settings(BaseModel):
     upstream_max_attempts: int = Field(4, ge=1, le=10, validation_alias="UPSTREAM_MAX_ATTEMPTS")
     # Binance allows 6000 request weight per minute per IP; stop before this share of it is used.
     binance_weight_limit: int = Field(6000, gt=0, validation_alias="BINANCE_WEIGHT_LIMIT")
-    binance_weight_safety_share: float = Field(0.8, gt=0, le=1, validation_alias="BINANCE_WEIGHT_SAFETY_SHARE")
+    binance_weight_safety_share: float = Field(
+        0.8, gt=0, le=1, validation_alias="BINANCE_WEIGHT_SAFETY_SHARE"
+    )
 
     # --- database ---
     database_url: SecretStr | None = Field(None, validation_alias="DATABASE_URL")
@@ -47,7 +53,12 @@ class Settings(BaseModel):
     db_user: str | None = Field(None, validation_alias="DB_USER")
     db_secret_arn: str | None = Field(None, validation_alias="DB_SECRET_ARN")
     db_iam_auth: bool = Field(False, validation_alias="DB_IAM_AUTH")
+    # CA bundle for verifying the database's TLS certificate when the system store is not enough (direct
+    # RDS connections need the RDS CA bundle; RDS Proxy certificates chain to public roots).
+    db_ssl_root_cert: str | None = Field(None, validation_alias="DB_SSL_ROOT_CERT")
     db_connect_timeout: float = Field(5.0, gt=0, validation_alias="DB_CONNECT_TIMEOUT")
+    # Enforced client-side as the socket timeout (+1 s) so no query holds a Lambda past it; the server-side
+    # statement_timeout belongs in the RDS Proxy InitQuery or ALTER ROLE (a SET here would pin the proxy).
     db_statement_timeout_ms: int = Field(10_000, gt=0, validation_alias="DB_STATEMENT_TIMEOUT_MS")
     # How long a Lambda waits for another one that is already fetching the same gap.
     single_flight_wait_seconds: float = Field(10.0, ge=0, validation_alias="SINGLE_FLIGHT_WAIT_SECONDS")
@@ -55,6 +66,15 @@ class Settings(BaseModel):
     # --- service ---
     symbols_ttl_seconds: int = Field(3600, ge=0, validation_alias="SYMBOLS_TTL_SECONDS")
     backfill_default_lookback_days: int = Field(30, ge=1, validation_alias="BACKFILL_DEFAULT_LOOKBACK_DAYS")
+    # Twelve Data's free tier grants 8 API credits per minute (1 credit per time_series page); the backfill
+    # paces its own Twelve Data requests to this many per rolling minute so it never burns the budget the
+    # API functions also need. Raise it on a paid plan.
+    twelve_data_credits_per_minute: int = Field(8, ge=1, validation_alias="TWELVE_DATA_CREDITS_PER_MINUTE")
+    # Time kept free at the end of a backfill Lambda run: no page starts later than this before the
+    # timeout, so the last page (one upstream request + one transaction) always finishes cleanly.
+    backfill_safety_margin_seconds: float = Field(
+        20.0, ge=0, validation_alias="BACKFILL_SAFETY_MARGIN_SECONDS"
+    )
 
     @field_validator("binance_quote_assets", mode="before")
     @classmethod
@@ -77,18 +97,102 @@ class Settings(BaseModel):
             return cls.model_validate(cleaned)
         except ValidationError as exc:
             problems = "; ".join(
-                f"{err['loc'][0] if err['loc'] else '?'}: {err['msg']}" for err in exc.errors(include_input=False)
+                f"{err['loc'][0] if err['loc'] else '?'}: {err['msg']}"
+                for err in exc.errors(include_input=False)
             )
             raise ConfigurationError(f"invalid configuration: {problems}") from None
 
     def require_twelve_data_api_key(self) -> str:
-        """The Twelve Data key, or ConfigurationError naming the variable to set."""
-        if self.twelve_data_api_key is None or not self.twelve_data_api_key.get_secret_value():
-            raise ConfigurationError(
-                "Twelve Data API key missing: set TWELVE_DATA_API_KEY "
-                "(or TWELVE_DATA_API_KEY_SECRET_ARN / TWELVE_DATA_API_KEY_PARAMETER when deployed)"
+        """The Twelve Data key, or ConfigurationError naming what to set.
+
+        TWELVE_DATA_API_KEY wins (local use, tests). Deployed functions get the key from Secrets
+        Manager (TWELVE_DATA_API_KEY_SECRET_ARN) or SSM Parameter Store (TWELVE_DATA_API_KEY_PARAMETER)
+        instead, read through Powertools Parameters so it is cached for a few minutes per execution
+        environment and a rotated key is picked up without a redeploy. Callers may call this per
+        request: the cache makes that cheap.
+        """
+        if self.twelve_data_api_key is not None and self.twelve_data_api_key.get_secret_value():
+            return self.twelve_data_api_key.get_secret_value()
+        if self.twelve_data_api_key_secret_arn or self.twelve_data_api_key_parameter:
+            return fetch_twelve_data_api_key(
+                secret_arn=self.twelve_data_api_key_secret_arn,
+                parameter_name=self.twelve_data_api_key_parameter,
             )
-        return self.twelve_data_api_key.get_secret_value()
+        raise ConfigurationError(
+            "Twelve Data API key missing: set TWELVE_DATA_API_KEY "
+            "(or TWELVE_DATA_API_KEY_SECRET_ARN / TWELVE_DATA_API_KEY_PARAMETER when deployed)"
+        )
+
+
+# How long a key read from Secrets Manager or SSM is reused before asking again. Short enough that a
+# rotated key is in use within minutes, long enough that warm invocations never pay for the lookup.
+TWELVE_DATA_KEY_MAX_AGE_SECONDS = 300
+
+# Field names accepted when the secret is a JSON object rather than the bare key.
+_SECRET_KEY_FIELDS = ("apikey", "api_key", "TWELVE_DATA_API_KEY")
+
+
+def fetch_twelve_data_api_key(
+    *,
+    secret_arn: str | None,
+    parameter_name: str | None,
+    max_age: int = TWELVE_DATA_KEY_MAX_AGE_SECONDS,
+) -> str:
+    """Read the Twelve Data key from Secrets Manager (preferred when both are set) or SSM.
+
+    The secret may hold the bare key or a JSON object with an `apikey` field; the SSM parameter
+    holds the bare key (a SecureString, decrypted here). Failures become ConfigurationError naming
+    the source, never the value.
+    """
+    # Imported here, not at module level: Powertools Parameters pulls in boto3 (~100 ms of cold
+    # start), and only forex calls of a deployed function come this way.
+    from aws_lambda_powertools.utilities import parameters
+
+    if secret_arn:
+        source = f"Secrets Manager secret {secret_arn}"
+    elif parameter_name:
+        source = f"SSM parameter {parameter_name}"
+    else:
+        raise ConfigurationError(
+            "Twelve Data API key source missing: "
+            "set TWELVE_DATA_API_KEY_SECRET_ARN or TWELVE_DATA_API_KEY_PARAMETER"
+        )
+    try:
+        if secret_arn:
+            raw = parameters.get_secret(secret_arn, max_age=max_age)
+        else:
+            raw = parameters.get_parameter(parameter_name, decrypt=True, max_age=max_age)
+    except parameters.exceptions.GetParameterError as exc:
+        # The SDK's message names the error (AccessDenied, not found, KMS) but never the value.
+        raise ConfigurationError(f"cannot read the Twelve Data API key from {source}: {exc}") from None
+    key = _key_from_secret_value(raw, source) if secret_arn else _text(raw)
+    if not key:
+        raise ConfigurationError(f"the Twelve Data API key in {source} is empty")
+    return key
+
+
+def _text(raw: object) -> str:
+    if isinstance(raw, bytes | bytearray):
+        raw = raw.decode("utf-8", errors="replace")
+    return str(raw).strip() if raw is not None else ""
+
+
+def _key_from_secret_value(raw: object, source: str) -> str:
+    text = _text(raw)
+    if not text.startswith("{"):
+        return text
+    import json
+
+    try:
+        document = json.loads(text)
+    except ValueError:
+        # Not valid JSON after all; do not echo it (it is a secret).
+        raise ConfigurationError(f"{source} looks like JSON but cannot be parsed") from None
+    for field in _SECRET_KEY_FIELDS:
+        value = document.get(field) if isinstance(document, dict) else None
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    raise ConfigurationError(f"{source} is a JSON object without an 'apikey' field")
 
 
 @lru_cache(maxsize=1)

@@ -88,3 +88,11 @@ class ConfigurationError(MarketDataError):
 
 class DatabaseUnavailable(MarketDataError):
     """The cache database cannot be reached or failed mid-operation; callers fall back to the provider."""
+
+
+class SingleFlightTimeout(DatabaseUnavailable):
+    """Another process kept the fill lock for this (symbol, interval) longer than we were willing to wait.
+
+    A DatabaseUnavailable on purpose: the caller's fallback is the same (answer from the provider
+    without the cache), but the distinct type lets metrics and logs tell contention from an outage.
+    """

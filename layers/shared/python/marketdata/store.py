@@ -1,0 +1,808 @@
+"""The Postgres side of the cache: bars, coverage and symbol lists, over one pg8000 connection.
+
+API (what marketdata.service codes against; kept in step with CONTRACTS.md "Store")
+------------------------------------------------------------------------------------
+```python
+class CandleStore:
+    def __init__(self, settings: Settings, *, connect: Callable[[], pg8000.native.Connection] | None = None)
+    @classmethod
+    def from_settings(cls, settings: Settings) -> CandleStore | None   # None when no database is configured
+    round_trips: int            # database round trips made so far (for benchmarks and metrics)
+
+    def read_candles(self, symbol: str, interval: Interval | str, start: int, end: int, *,
+                     limit: int | None = None, newest: bool = False) -> list[Candle]
+        # one SELECT; ascending by time; newest=True: the LAST `limit` bars of [start, end] (still ascending)
+    def read_coverage(self, symbol: str, interval: Interval | str, start: int, end: int
+                      ) -> list[tuple[int, int]]
+        # merged covered open-time ranges (inclusive) intersecting [start, end], ascending, NOT clipped
+        # to [start, end] (a range may begin before start / end after end)
+    @contextmanager
+    def fill_transaction(self, symbol: str, interval: Interval | str, *, wait_seconds: float
+                         ) -> Iterator[FillTx]
+        # BEGIN; take a transaction-scoped advisory lock keyed by (symbol, interval), polling
+        # pg_try_advisory_xact_lock for at most wait_seconds (0 = one try); SingleFlightTimeout (a
+        # DatabaseUnavailable subclass) when another holder keeps it. Yields a FillTx; COMMIT on normal
+        # exit, ROLLBACK on exception (which propagates unchanged; DB failures as DatabaseUnavailable).
+        # No session state: works through PgBouncer/RDS Proxy transaction pooling. Not reentrant on one
+        # store (RuntimeError). Store-level reads inside the block run in the same transaction.
+    def get_symbols(self, asset_class: AssetClass | str) -> tuple[list[str], float] | None
+        # (symbols in stored order, fetched_at Unix seconds), None when never stored
+    def put_symbols(self, asset_class: AssetClass | str, symbols: list[str], fetched_at: float) -> None
+    def store_candles(self, provider: str, symbol: str, interval: Interval | str,
+                      candles: Sequence[Candle]) -> int
+        # bars only, no coverage, in its own short transaction (bypass use); returns rows inserted
+    def ping(self) -> None      # one round trip; DatabaseUnavailable when the database cannot be reached
+    def connection(self) -> pg8000.native.Connection   # the live connection (migrations, tests)
+    def close(self) -> None     # idempotent; a later call reopens lazily
+
+class FillTx:                   # only valid inside its fill_transaction block
+    symbol: str; interval: Interval
+    def read_coverage(self, start: int, end: int) -> list[tuple[int, int]]   # inside the locked transaction
+    def read_candles(self, start: int, end: int, *, limit=None, newest=False) -> list[Candle]
+    def store_page(self, provider: str, page: Page) -> int
+        # bulk insert page.candles (one statement, ON CONFLICT DO NOTHING) + merge [page.start, page.end]
+        # into coverage unless page.dropped; returns rows inserted (0 for bars already present)
+    def store_candles(self, provider: str, symbol: str, interval: Interval | str,
+                      candles: Sequence[Candle]) -> int
+        # bars only, no coverage; symbol/interval must be the transaction's own (ValueError otherwise)
+
+def get_store(settings: Settings | None = None) -> CandleStore | None  # process-wide, built once
+def reset_default_store() -> None                        # close and forget it (tests)
+def is_configured(settings: Settings) -> bool            # DATABASE_URL or DB_HOST set
+def connection_kwargs(settings: Settings) -> dict | None  # pg8000 connect kwargs (secrets resolved, TLS)
+def parse_database_url(url: str) -> dict                 # user/password/database + host/port or unix_sock
+def lock_key(symbol: str, interval: Interval | str) -> int   # the fill lock's advisory key
+```
+Statements: every parameterized statement goes out as Parse/Bind/Describe/Execute/Sync in one flush
+(one round trip, one unit of work for a pooler; pg8000's own `run` sends three Syncs). Bulk writes are
+one `INSERT ... SELECT FROM unnest(...) ON CONFLICT DO NOTHING` per page, with the coverage merge in the
+same statement.
+Every database failure surfaces as marketdata.errors.DatabaseUnavailable (never a raw pg8000/socket error).
+Symbols and intervals are stored verbatim as bound parameters: the store neither normalizes nor validates
+symbols (the service does); intervals must be app intervals.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import ipaddress
+import json
+import logging
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from functools import lru_cache
+from itertools import starmap
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from marketdata import intervals
+from marketdata.config import Settings, get_settings
+from marketdata.errors import ConfigurationError, DatabaseUnavailable, SingleFlightTimeout
+from marketdata.intervals import Interval, parse_interval
+from marketdata.schemas import AssetClass, Candle
+
+if TYPE_CHECKING:
+    from marketdata.providers.base import Page
+
+logger = logging.getLogger(__name__)
+
+Connection = Any  # pg8000.native.Connection (or a stand-in with the same surface in tests)
+
+_LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+# Rows per INSERT statement: one statement per provider page (<= 5000 bars); bigger batches are split
+# only to keep single statements (and their parameter strings) bounded.
+_INSERT_BATCH = 10_000
+# Extra time the client waits beyond the statement timeout before it gives a silent server up.
+_SOCKET_MARGIN_SECONDS = 1.0
+# SQLSTATEs meaning "this connection is gone": class 08 (connection exception), admin/crash shutdown.
+_CONNECTION_LOST_STATES = frozenset({"57P01", "57P02", "57P03"})
+
+
+# --- settings -> pg8000 connect kwargs ---------------------------------------------------------
+
+
+def is_configured(settings: Settings) -> bool:
+    """Whether a database is configured at all (DATABASE_URL or DB_HOST)."""
+    return bool(settings.database_url and settings.database_url.get_secret_value()) or bool(settings.db_host)
+
+
+def _is_local(host: str | None) -> bool:
+    if host is None or host.startswith("/"):
+        return True
+    if host.lower() in _LOCAL_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@lru_cache(maxsize=4)
+def _tls_context(cafile: str | None) -> Any:
+    """One verifying context per CA file per process (loading the trust store costs milliseconds)."""
+    import ssl
+
+    # Verifies the chain and the host name (create_default_context sets CERT_REQUIRED + check_hostname).
+    return ssl.create_default_context(cafile=cafile)
+
+
+def _url_query(url: str) -> dict[str, str]:
+    return {k: v[-1] for k, v in parse_qs(urlsplit(url).query, keep_blank_values=True).items()}
+
+
+def parse_database_url(url: str) -> dict[str, Any]:
+    """pg8000 connect kwargs (user, password, database, host+port or unix_sock) from a DATABASE_URL.
+
+    postgresql://user:pass@host:port/db; a unix socket directory may be given as `?host=/dir` (libpq
+    style) or as a percent-encoded host (postgresql://user@%2Fdir/db). TLS options are read by
+    connection_kwargs: `sslmode=disable` turns TLS off for a non-local host (private networks,
+    containers), `sslrootcert=/path` names a CA bundle.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ConfigurationError("DATABASE_URL must start with postgresql://")
+    query = _url_query(url)
+    # The host is unquoted by hand (urlsplit lower-cases .hostname, which would spoil a socket path),
+    # except for an IPv6 literal in brackets.
+    netloc_host = parts.netloc.rpartition("@")[2]
+    from_netloc = parts.hostname if netloc_host.startswith("[") else unquote(netloc_host.partition(":")[0])
+    host = query.get("host") or from_netloc or None
+    try:
+        port = int(query.get("port") or parts.port or 5432)
+    except ValueError:
+        raise ConfigurationError("DATABASE_URL has an invalid port") from None
+    user = unquote(parts.username) if parts.username else query.get("user")
+    if not user:
+        raise ConfigurationError("DATABASE_URL needs a user name (postgresql://user:password@host/db)")
+    password = unquote(parts.password) if parts.password else None
+    database = unquote(parts.path.lstrip("/")) or query.get("dbname") or user
+    kwargs: dict[str, Any] = {"user": user, "database": database, "password": password or None}
+    if host and host.startswith("/"):
+        kwargs["unix_sock"] = f"{host.rstrip('/')}/.s.PGSQL.{port}"
+    else:
+        kwargs["host"] = host or "localhost"
+        kwargs["port"] = port
+    return kwargs
+
+
+# Secrets Manager answers cached per process (a Lambda execution environment), keyed by ARN.
+_secret_cache: dict[str, tuple[str | None, str]] = {}
+_secret_lock = threading.Lock()
+
+
+def _secret_credentials(arn: str, *, refresh: bool = False) -> tuple[str | None, str]:
+    """(username, password) from a Secrets Manager JSON secret; boto3 is imported only here."""
+    with _secret_lock:
+        if not refresh and arn in _secret_cache:
+            return _secret_cache[arn]
+    try:
+        import boto3
+
+        raw = boto3.client("secretsmanager").get_secret_value(SecretId=arn)["SecretString"]
+        data = json.loads(raw)
+        creds = (data.get("username"), str(data["password"]))
+    except Exception as exc:  # botocore errors, bad JSON, missing key: all an operator problem
+        raise DatabaseUnavailable(f"cannot read the database secret ({type(exc).__name__})") from None
+    with _secret_lock:
+        _secret_cache[arn] = creds
+    return creds
+
+
+def _iam_token(host: str, port: int, user: str) -> str:
+    """A 15-minute RDS IAM auth token (signed locally by botocore, no network call)."""
+    try:
+        import boto3
+
+        return boto3.client("rds").generate_db_auth_token(DBHostname=host, Port=port, DBUsername=user)
+    except Exception as exc:
+        raise DatabaseUnavailable(f"cannot create an IAM database token ({type(exc).__name__})") from None
+
+
+def connection_kwargs(settings: Settings, *, refresh_secret: bool = False) -> dict[str, Any] | None:
+    """The pg8000.native.Connection kwargs for these settings (secrets resolved), or None if unconfigured.
+
+    TLS with certificate and host name verification for every non-local host; none for localhost,
+    loopback addresses and unix sockets. `timeout` is the connect timeout (the store widens the socket
+    timeout to the statement timeout once connected).
+    """
+    if settings.database_url and settings.database_url.get_secret_value():
+        url = settings.database_url.get_secret_value()
+        kwargs = parse_database_url(url)
+        query = _url_query(url)
+        sslmode = query.get("sslmode")
+        cafile = query.get("sslrootcert") or settings.db_ssl_root_cert
+        local = "unix_sock" in kwargs or _is_local(kwargs.get("host"))
+        use_tls = not local and sslmode != "disable"
+        if sslmode in ("require", "verify-ca", "verify-full") and "unix_sock" not in kwargs:
+            use_tls = True
+    elif settings.db_host:
+        host, port = settings.db_host, settings.db_port
+        user = settings.db_user
+        password: str | None = None
+        if settings.db_iam_auth:
+            if not user:
+                raise ConfigurationError("DB_IAM_AUTH needs DB_USER")
+            password = _iam_token(host, port, user)
+        elif settings.db_secret_arn:
+            secret_user, password = _secret_credentials(settings.db_secret_arn, refresh=refresh_secret)
+            user = user or secret_user
+        if not user:
+            raise ConfigurationError(
+                "DB_USER is required with DB_HOST (or a username in the DB_SECRET_ARN secret)"
+            )
+        kwargs = {"user": user, "password": password, "database": settings.db_name}
+        if host.startswith("/"):
+            kwargs["unix_sock"] = f"{host.rstrip('/')}/.s.PGSQL.{port}"
+        else:
+            kwargs["host"], kwargs["port"] = host, port
+        cafile = settings.db_ssl_root_cert
+        use_tls = not ("unix_sock" in kwargs or _is_local(host))
+    else:
+        return None
+    # pg8000 treats ssl_context=None as "try TLS without verification": always say exactly what we want.
+    kwargs["ssl_context"] = _tls_context(cafile) if use_tls else False
+    kwargs["timeout"] = settings.db_connect_timeout
+    kwargs["application_name"] = "marketdata"
+    return kwargs
+
+
+# --- one round trip per statement --------------------------------------------------------------
+
+
+@lru_cache(maxsize=64)
+def _compiled(sql: str) -> tuple[str, Callable[[Mapping[str, Any]], Any]]:
+    from pg8000.native import to_statement
+
+    return to_statement(sql)
+
+
+def _pipeline_supported(conn: Connection) -> bool:
+    return all(hasattr(conn, name) for name in ("send_PARSE", "send_BIND", "send_EXECUTE", "handle_messages"))
+
+
+def _run_pipelined(conn: Connection, sql: str, params: Mapping[str, Any]) -> tuple[list[list[Any]], int]:
+    """Run one parameterized statement as Parse/Bind/Describe/Execute/Sync in a single round trip.
+
+    pg8000's `native.Connection.run` uses the *unnamed* statement (good: nothing named is left on the
+    server, so RDS Proxy does not pin), but it sends three Syncs per statement (Parse, Describe, then
+    Bind/Execute). Outside an explicit transaction each Sync ends a unit of work for a transaction-pooling
+    proxy, which may hand the next message to another server connection where the unnamed statement
+    does not exist. One Sync makes each statement a single unit for PgBouncer/RDS Proxy, and cuts
+    round trips from three to one.
+    """
+    from pg8000.converters import make_params
+    from pg8000.core import DESCRIBE, NULL_BYTE, PORTAL, SYNC_MSG, Context, _flush, _write
+
+    statement, make_vals = _compiled(sql)
+    context = Context(statement)
+    conn.send_PARSE(NULL_BYTE, statement, ())
+    conn.send_BIND(NULL_BYTE, make_params(conn.py_types, make_vals(params)))
+    conn._send_message(DESCRIBE, PORTAL + NULL_BYTE)
+    conn.send_EXECUTE()
+    _write(conn._sock, SYNC_MSG)
+    _flush(conn._sock)
+    conn.handle_messages(context)
+    return (context.rows or []), context.row_count
+
+
+def _execute(
+    conn: Connection, sql: str, params: Mapping[str, Any] | None = None
+) -> tuple[list[list[Any]], int]:
+    if not params:
+        rows = conn.run(sql)  # simple query protocol: one round trip, no statement object at all
+        return (rows or []), conn.row_count
+    if _pipeline_supported(conn):
+        return _run_pipelined(conn, sql, params)
+    rows = conn.run(sql, **params)
+    return (rows or []), conn.row_count
+
+
+def _server_error(exc: BaseException) -> BaseException | None:
+    """The server's ErrorResponse behind exc, if any.
+
+    pg8000 can mask it: when start-up fails over a unix socket, its own cleanup hits a broken pipe and
+    raises InterfaceError("network error") with the real error (3D000, 28P01, ...) only as __context__.
+    """
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return None
+        args = getattr(seen, "args", ())
+        if args and isinstance(args[0], dict):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    found = _server_error(exc)
+    return found.args[0].get("C") if found is not None else None
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    """Whether exc means the connection is unusable (as opposed to one statement failing)."""
+    from pg8000.exceptions import DatabaseError
+
+    if isinstance(exc, DatabaseError):
+        state = _sqlstate(exc) or ""
+        return state.startswith("08") or state in _CONNECTION_LOST_STATES
+    return True  # InterfaceError, OSError (timeouts included), struct errors from a cut stream
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """Whether exc comes from the socket timeout (a statement outliving DB_STATEMENT_TIMEOUT_MS)."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return False
+        if isinstance(seen, TimeoutError):  # socket.timeout is TimeoutError since Python 3.10
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _describe(exc: BaseException) -> str:
+    found = _server_error(exc)
+    if found is not None:
+        fields = found.args[0]
+        return f"{fields.get('M', 'database error')} (SQLSTATE {fields.get('C')})"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _db_errors() -> tuple[type[BaseException], ...]:
+    from pg8000.exceptions import Error
+
+    return (Error, OSError, struct.error, EOFError)
+
+
+# --- SQL ------------------------------------------------------------------------------------
+
+_SELECT_ASC = (
+    "SELECT open_time, open, high, low, close, volume FROM ohlcv_cache"
+    " WHERE symbol = :symbol AND interval = :interval AND open_time BETWEEN :start AND :end"
+    " ORDER BY open_time LIMIT :limit"
+)
+_SELECT_DESC = (
+    "SELECT open_time, open, high, low, close, volume FROM ohlcv_cache"
+    " WHERE symbol = :symbol AND interval = :interval AND open_time BETWEEN :start AND :end"
+    " ORDER BY open_time DESC LIMIT :limit"
+)
+_SELECT_COVERAGE = (
+    "SELECT start_time, end_time FROM ohlcv_coverage"
+    " WHERE symbol = :symbol AND interval = :interval AND start_time <= :end AND end_time >= :start"
+    " ORDER BY start_time"
+)
+_INSERT_BARS = """
+INSERT INTO ohlcv_cache (symbol, interval, provider, open_time, open, high, low, close, volume)
+SELECT :symbol, :interval, :provider, t, o, h, l, c, v
+FROM unnest(CAST(:t AS bigint[]), CAST(:o AS float8[]), CAST(:h AS float8[]), CAST(:l AS float8[]),
+            CAST(:c AS float8[]), CAST(:v AS float8[])) AS b(t, o, h, l, c, v)
+ON CONFLICT (symbol, interval, open_time) DO NOTHING
+"""
+# Bars and coverage of one page in ONE statement (one round trip): insert the bars, delete the coverage
+# rows that overlap or touch the page's range, and insert their union with it. Touching means no bar
+# open time lies between them (merge_lo/merge_hi: the bar before the first / after the last of the page).
+_STORE_PAGE = """
+WITH ins AS (
+    INSERT INTO ohlcv_cache (symbol, interval, provider, open_time, open, high, low, close, volume)
+    SELECT :symbol, :interval, :provider, t, o, h, l, c, v
+    FROM unnest(CAST(:t AS bigint[]), CAST(:o AS float8[]), CAST(:h AS float8[]), CAST(:l AS float8[]),
+                CAST(:c AS float8[]), CAST(:v AS float8[])) AS b(t, o, h, l, c, v)
+    ON CONFLICT (symbol, interval, open_time) DO NOTHING
+    RETURNING 1
+), gone AS (
+    DELETE FROM ohlcv_coverage
+    WHERE CAST(:cover AS boolean) AND symbol = :symbol AND interval = :interval
+      AND end_time >= CAST(:merge_lo AS bigint) AND start_time <= CAST(:merge_hi AS bigint)
+    RETURNING start_time, end_time
+), merged AS (
+    INSERT INTO ohlcv_coverage (symbol, interval, start_time, end_time)
+    SELECT :symbol, :interval, LEAST(CAST(:start AS bigint), min(start_time)),
+           GREATEST(CAST(:end AS bigint), max(end_time))
+    FROM gone
+    HAVING CAST(:cover AS boolean)
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM merged)
+"""
+_TRY_LOCK = "SELECT pg_try_advisory_xact_lock(CAST(:key AS bigint))"
+_GET_SYMBOLS = (
+    "SELECT array_to_json(symbols)::text, extract(epoch FROM fetched_at)::float8"
+    " FROM symbol_lists WHERE asset_class = :asset_class"
+)
+_PUT_SYMBOLS = """
+INSERT INTO symbol_lists (asset_class, symbols, fetched_at)
+VALUES (:asset_class,
+        ARRAY(SELECT e FROM jsonb_array_elements_text(CAST(:symbols AS jsonb)) WITH ORDINALITY AS s(e, n)
+              ORDER BY n),
+        to_timestamp(CAST(:fetched_at AS float8)))
+ON CONFLICT (asset_class) DO UPDATE SET symbols = EXCLUDED.symbols, fetched_at = EXCLUDED.fetched_at
+"""
+
+
+def _interval_value(interval: Interval | str) -> str:
+    return parse_interval(interval).value
+
+
+def _asset_class_value(asset_class: AssetClass | str) -> str:
+    return AssetClass(asset_class).value
+
+
+def lock_key(symbol: str, interval: Interval | str) -> int:
+    """The advisory lock key (signed 64-bit) of a (symbol, interval) fill; stable across processes."""
+    digest = hashlib.blake2b(f"{symbol}\x00{_interval_value(interval)}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def _array_text(values: Sequence[object], conv: Callable[[Any], object]) -> str:
+    # Numbers only (ints, float reprs): nothing here needs quoting. repr(float) round-trips exactly,
+    # and Postgres parses it with correct rounding.
+    return "{" + ",".join([repr(conv(v)) for v in values]) + "}"
+
+
+def _bar_params(candles: Sequence[Candle]) -> dict[str, str]:
+    return {
+        "t": _array_text([c.time for c in candles], int),
+        "o": _array_text([c.open for c in candles], float),
+        "h": _array_text([c.high for c in candles], float),
+        "l": _array_text([c.low for c in candles], float),
+        "c": _array_text([c.close for c in candles], float),
+        "v": _array_text([c.volume for c in candles], float),
+    }
+
+
+def _merge_ranges(rows: Sequence[Sequence[int]], interval: Interval) -> list[tuple[int, int]]:
+    """Overlapping or touching ranges merged (writes already merge; this guards against a writer that
+    did not hold the fill lock)."""
+    merged: list[tuple[int, int]] = []
+    for start, end in rows:
+        if merged:
+            prev_start, prev_end = merged[-1]
+            if start <= intervals.next_open(interval, intervals.bar_open(interval, prev_end)):
+                merged[-1] = (prev_start, max(prev_end, end))
+                continue
+        merged.append((int(start), int(end)))
+    return merged
+
+
+# --- the store -----------------------------------------------------------------------------
+
+
+class CandleStore:
+    """Bars, coverage and symbol lists in Postgres over one lazily opened pg8000 connection.
+
+    The connection lives as long as the process (a Lambda execution environment) and is reopened once
+    when a statement finds it dropped (RDS Proxy closes idle clients; databases restart). Nothing here
+    leaves session state on the server: no SET, no session advisory locks, no temporary tables, no
+    named prepared statements, so a transaction-pooling proxy can multiplex the connection freely.
+
+    Timeouts: the connect timeout is settings.db_connect_timeout; once connected, the socket timeout is
+    settings.db_statement_timeout_ms (+1 s), so no statement can hold a Lambda past it. The server-side
+    statement_timeout is deliberately NOT set from here: `SET` pins RDS Proxy sessions (its docs list
+    SET and set_config as pinning without an exception for SET LOCAL), and startup parameters are
+    refused by PgBouncer. Set it where it costs nothing per session: the RDS Proxy InitQuery
+    (`SET statement_timeout = '10s'`) or `ALTER ROLE <app user> SET statement_timeout = '10s'`.
+    """
+
+    def __init__(self, settings: Settings, *, connect: Callable[[], Connection] | None = None) -> None:
+        self._settings = settings
+        self._connect_override = connect
+        self._conn: Connection | None = None
+        self._lock = threading.RLock()
+        self._in_transaction = False
+        self._tx_conn: Connection | None = None  # the connection the open fill transaction lives on
+        self.round_trips = 0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> CandleStore | None:
+        """A store for these settings, or None when no database is configured (nothing is opened yet)."""
+        return cls(settings) if is_configured(settings) else None
+
+    # --- connection handling ---
+
+    def _open(self) -> Connection:
+        if self._connect_override is not None:
+            try:
+                return self._connect_override()
+            except DatabaseUnavailable:
+                raise
+            except Exception as exc:
+                raise DatabaseUnavailable(f"cannot connect to the database: {_describe(exc)}") from None
+        import pg8000.native
+
+        kwargs = connection_kwargs(self._settings)
+        if kwargs is None:
+            raise DatabaseUnavailable("no database configured (set DATABASE_URL or DB_HOST)")
+        try:
+            conn = self._connect_with(pg8000.native.Connection, kwargs)
+        except DatabaseUnavailable:
+            raise
+        except Exception as exc:
+            # A rotated Secrets Manager password: fetch the secret again, once.
+            if _sqlstate(exc) == "28P01" and self._settings.db_secret_arn and not self._settings.database_url:
+                kwargs = connection_kwargs(self._settings, refresh_secret=True) or kwargs
+                try:
+                    conn = self._connect_with(pg8000.native.Connection, kwargs)
+                except Exception as exc2:
+                    raise DatabaseUnavailable(f"cannot connect to the database: {_describe(exc2)}") from None
+            else:
+                raise DatabaseUnavailable(f"cannot connect to the database: {_describe(exc)}") from None
+        return conn
+
+    def _connect_with(self, factory: Callable[..., Connection], kwargs: dict[str, Any]) -> Connection:
+        conn = factory(**kwargs)
+        sock = getattr(conn, "_usock", None)
+        if sock is not None:
+            sock.settimeout(self._settings.db_statement_timeout_ms / 1000 + _SOCKET_MARGIN_SECONDS)
+        self.round_trips += 1
+        return conn
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):  # already broken: nothing to tell the server
+                conn.close()
+
+    def _run(
+        self, sql: str, params: Mapping[str, Any] | None = None, *, retry: bool = True
+    ) -> tuple[list[list[Any]], int]:
+        """Run one statement on the shared connection; reopen once if a reused connection was dropped."""
+        errors = _db_errors()
+        with self._lock:
+            if self._in_transaction and (self._conn is None or self._conn is not self._tx_conn):
+                # The transaction died with its connection: never carry on outside it (no lock, autocommit).
+                raise DatabaseUnavailable("the fill transaction's database connection was lost")
+            fresh = self._conn is None
+            if fresh:
+                self._conn = self._open()
+            try:
+                self.round_trips += 1
+                return _execute(self._conn, sql, params)
+            except errors as exc:
+                lost = _connection_lost(exc)
+                if lost:
+                    self._drop()
+                # A dropped connection is retried once on a new one; a statement that timed out is not
+                # (it would only time out again, doubling the wait).
+                if lost and retry and not fresh and not self._in_transaction and not _timed_out(exc):
+                    logger.info("database connection was dropped; reconnecting once (%s)", _describe(exc))
+                    self._conn = self._open()
+                    try:
+                        self.round_trips += 1
+                        return _execute(self._conn, sql, params)
+                    except errors as exc2:
+                        if _connection_lost(exc2):
+                            self._drop()
+                        raise DatabaseUnavailable(f"database error: {_describe(exc2)}") from None
+                if _timed_out(exc):
+                    limit = self._settings.db_statement_timeout_ms / 1000 + _SOCKET_MARGIN_SECONDS
+                    raise DatabaseUnavailable(f"the database did not answer within {limit:g} s") from None
+                raise DatabaseUnavailable(f"database error: {_describe(exc)}") from None
+
+    def ping(self) -> None:
+        """One round trip; DatabaseUnavailable when the database cannot be reached."""
+        self._run("SELECT 1")
+
+    def connection(self) -> Connection:
+        """The live connection (opened if needed), for the migration runner."""
+        with self._lock:
+            if self._conn is None:
+                self._conn = self._open()
+            return self._conn
+
+    def close(self) -> None:
+        """Close the connection; idempotent, and a later call opens a new one."""
+        with self._lock:
+            self._drop()
+
+    # --- reads ---
+
+    def read_candles(
+        self,
+        symbol: str,
+        interval: Interval | str,
+        start: int,
+        end: int,
+        *,
+        limit: int | None = None,
+        newest: bool = False,
+    ) -> list[Candle]:
+        """Cached bars with open time in [start, end], ascending; newest=True: the last `limit` of them."""
+        params = {
+            "symbol": symbol,
+            "interval": _interval_value(interval),
+            "start": int(start),
+            "end": int(end),
+            "limit": None if limit is None else int(limit),
+        }
+        rows, _ = self._run(_SELECT_DESC if newest else _SELECT_ASC, params)
+        if newest:
+            rows.reverse()
+        return list(starmap(Candle, rows))
+
+    def read_coverage(
+        self, symbol: str, interval: Interval | str, start: int, end: int
+    ) -> list[tuple[int, int]]:
+        """Merged covered ranges (inclusive) intersecting [start, end], ascending, not clipped."""
+        iv = parse_interval(interval)
+        params = {"symbol": symbol, "interval": iv.value, "start": int(start), "end": int(end)}
+        rows, _ = self._run(_SELECT_COVERAGE, params)
+        return _merge_ranges(rows, iv)
+
+    # --- writes ---
+
+    def store_candles(
+        self, provider: str, symbol: str, interval: Interval | str, candles: Sequence[Candle]
+    ) -> int:
+        """Bars only (no coverage), idempotent; each batch one autocommitted statement. Rows inserted."""
+        iv = _interval_value(interval)
+        inserted = 0
+        for i in range(0, len(candles), _INSERT_BATCH):
+            batch = candles[i : i + _INSERT_BATCH]
+            _, count = self._run(_INSERT_BARS, {"symbol": symbol, "interval": iv, "provider": provider,
+                                                **_bar_params(batch)})
+            inserted += max(count, 0)
+        return inserted
+
+    def get_symbols(self, asset_class: AssetClass | str) -> tuple[list[str], float] | None:
+        """(symbols in stored order, fetched_at Unix seconds), or None when never stored."""
+        rows, _ = self._run(_GET_SYMBOLS, {"asset_class": _asset_class_value(asset_class)})
+        if not rows:
+            return None
+        symbols_json, fetched_at = rows[0]
+        return json.loads(symbols_json), float(fetched_at)
+
+    def put_symbols(self, asset_class: AssetClass | str, symbols: Sequence[str], fetched_at: float) -> None:
+        """Replace the stored list of an asset class."""
+        self._run(_PUT_SYMBOLS, {"asset_class": _asset_class_value(asset_class),
+                                 "symbols": json.dumps(list(symbols)), "fetched_at": float(fetched_at)})
+
+    # --- single-flight fills ---
+
+    @contextmanager
+    def fill_transaction(
+        self, symbol: str, interval: Interval | str, *, wait_seconds: float
+    ) -> Iterator[FillTx]:
+        """A transaction holding the fill lock of (symbol, interval); see the module docstring.
+
+        The lock is pg_try_advisory_xact_lock polled until wait_seconds pass, rather than a blocking
+        pg_advisory_xact_lock under `SET LOCAL lock_timeout`: transaction-level advisory locks are the
+        ones RDS Proxy documents as not pinning, and the poll needs no SET of any kind.
+        """
+        iv = parse_interval(interval)
+        with self._lock:
+            if self._in_transaction:
+                raise RuntimeError("fill_transaction is not reentrant on one store")
+            self._run("BEGIN")  # may reconnect once: nothing of this transaction exists yet
+            self._tx_conn = self._conn
+            self._in_transaction = True
+            tx = FillTx(self, symbol, iv)
+            try:
+                self._acquire(lock_key(symbol, iv), wait_seconds)
+                yield tx
+            except BaseException:
+                tx._open = False
+                self._in_transaction = False
+                if self._conn is self._tx_conn:
+                    self._rollback()
+                self._tx_conn = None
+                raise
+            else:
+                tx._open = False
+                try:
+                    self._run("COMMIT", retry=False)  # raises if the transaction's connection was lost
+                finally:
+                    self._in_transaction = False
+                    self._tx_conn = None
+
+    def _acquire(self, key: int, wait_seconds: float) -> None:
+        deadline = time.monotonic() + max(0.0, wait_seconds)
+        pause = 0.02
+        while True:
+            rows, _ = self._run(_TRY_LOCK, {"key": key}, retry=False)
+            if rows and rows[0][0]:
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise SingleFlightTimeout(
+                    f"another fill of this series held the lock for more than {wait_seconds:g} s"
+                )
+            time.sleep(min(pause, remaining))
+            pause = min(pause * 2, 0.1)
+
+    def _rollback(self) -> None:
+        if self._conn is None:
+            return
+        try:
+            self.round_trips += 1
+            _execute(self._conn, "ROLLBACK")
+        except Exception:  # the connection is broken: the server rolls back when it notices
+            self._drop()
+
+
+class FillTx:
+    """Operations inside one fill_transaction (same connection, same transaction, fill lock held)."""
+
+    def __init__(self, store: CandleStore, symbol: str, interval: Interval) -> None:
+        self._store = store
+        self.symbol = symbol
+        self.interval = interval
+        self._open = True
+
+    def _check(self) -> None:
+        if not self._open:
+            raise RuntimeError("this FillTx's transaction has ended")
+
+    def read_coverage(self, start: int, end: int) -> list[tuple[int, int]]:
+        self._check()
+        params = {"symbol": self.symbol, "interval": self.interval.value, "start": int(start),
+                  "end": int(end)}
+        rows, _ = self._store._run(_SELECT_COVERAGE, params, retry=False)
+        return _merge_ranges(rows, self.interval)
+
+    def read_candles(
+        self, start: int, end: int, *, limit: int | None = None, newest: bool = False
+    ) -> list[Candle]:
+        self._check()
+        return self._store.read_candles(self.symbol, self.interval, start, end, limit=limit, newest=newest)
+
+    def store_page(self, provider: str, page: Page) -> int:
+        """Bars of the page plus its coverage (unless it dropped bars), in one statement. Rows inserted."""
+        self._check()
+        iv = self.interval
+        candles = page.candles
+        cover = page.dropped == 0 and page.start <= page.end
+        inserted = 0
+        # Pages are at most 5000 bars: normally one statement. A bigger one stores its bars first and
+        # its coverage with the last batch, still inside this transaction.
+        for i in range(0, max(len(candles), 1), _INSERT_BATCH):
+            batch = candles[i : i + _INSERT_BATCH]
+            last = i + _INSERT_BATCH >= len(candles)
+            params = {
+                "symbol": self.symbol, "interval": iv.value, "provider": provider, **_bar_params(batch),
+                "cover": cover and last, "start": int(page.start), "end": int(page.end),
+                "merge_lo": intervals.prev_open(iv, intervals.first_open_at_or_after(iv, int(page.start))),
+                "merge_hi": intervals.next_open(iv, intervals.bar_open(iv, int(page.end))),
+            }
+            rows, _ = self._store._run(_STORE_PAGE, params, retry=False)
+            inserted += int(rows[0][0])
+        return inserted
+
+    def store_candles(
+        self, provider: str, symbol: str, interval: Interval | str, candles: Sequence[Candle]
+    ) -> int:
+        """Bars only, no coverage, inside this transaction. Rows inserted."""
+        self._check()
+        if symbol != self.symbol or parse_interval(interval) is not self.interval:
+            raise ValueError("FillTx.store_candles takes the transaction's own symbol and interval")
+        return self._store.store_candles(provider, symbol, interval, candles)
+
+
+# --- process-wide default ------------------------------------------------------------------
+
+_default_store: CandleStore | None = None
+_default_lock = threading.Lock()
+_default_built = False
+
+
+def get_store(settings: Settings | None = None) -> CandleStore | None:
+    """The process-wide store (connection reused across Lambda invocations); None when unconfigured."""
+    global _default_store, _default_built
+    with _default_lock:
+        if not _default_built:
+            _default_store = CandleStore.from_settings(settings or get_settings())
+            _default_built = True
+        return _default_store
+
+
+def reset_default_store() -> None:
+    """Close and forget the process-wide store (tests, settings changes)."""
+    global _default_store, _default_built
+    with _default_lock:
+        if _default_store is not None:
+            _default_store.close()
+        _default_store, _default_built = None, False

@@ -1,0 +1,181 @@
+"""The service end to end: real Binance/Twelve Data clients against the fake upstream, real store on Postgres.
+
+Provider requests are counted where they arrive (the fake upstream), not by the service's own metrics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from marketdata.intervals import ALL_INTERVALS, Interval, add_bars, bar_open, last_closed_open
+from marketdata.schemas import CacheStatus, Candle
+from marketdata.service import MarketDataService
+from marketdata.store import CandleStore
+
+from tests.cache.service_helpers import NOW, connect, real_service
+from tests.support.upstream_fixtures import settings_for
+
+KLINES = "/api/v3/klines"
+SERIES = "/time_series"
+H1 = Interval.H1
+LAST_H1 = last_closed_open(H1, NOW)
+
+
+@pytest.fixture
+def fake(fake_upstream):
+    fake_upstream.now = NOW
+    return fake_upstream
+
+
+@pytest.fixture
+def service(fake, database_url) -> Iterator[MarketDataService]:
+    settings = settings_for(fake, DATABASE_URL=database_url)
+    store = CandleStore(settings)
+    svc = real_service(settings, store, fake.clock)
+    yield svc
+    store.close()
+    for provider in svc.providers.values():
+        provider.close()
+
+
+@pytest.fixture
+def raw_conn(database_url: str) -> Iterator[Any]:
+    conn = connect(database_url)
+    yield conn
+    conn.close()
+
+
+def test_repeat_request_makes_no_upstream_request(service, fake) -> None:
+    first = service.get_historical_candles("BTCUSDT", "1H", limit=1500)
+    lo = add_bars(H1, LAST_H1, -1499)
+    assert first.candles == fake.expected_candles("BTCUSDT", "1H", lo, LAST_H1)
+    assert len(first.candles) == 1500 and first.cache is CacheStatus.MISS
+    assert fake.count(KLINES) == 2  # 1500 bars at 1000 per request
+
+    second = service.get_historical_candles("BTCUSDT", "1H", limit=1500)
+    assert second.candles == first.candles and second.cache is CacheStatus.HIT
+    assert fake.count(KLINES) == 2
+
+
+def test_partial_overlap_requests_only_the_uncovered_part(service, fake) -> None:
+    base = add_bars(H1, LAST_H1, -4000)
+    service.get_historical_candles("BTCUSDT", "1H", start=base, end=add_bars(H1, base, 999), limit=5000)
+    assert fake.count(KLINES) == 1
+
+    wide_lo, wide_hi = add_bars(H1, base, -200), add_bars(H1, base, 1499)
+    result = service.get_historical_candles("BTCUSDT", "1H", start=wide_lo, end=wide_hi, limit=5000)
+    assert result.candles == fake.expected_candles("BTCUSDT", "1H", wide_lo, wide_hi)
+    new = fake.requests[1:]
+    assert len(new) == 2
+    assert [int(r.query["startTime"]) // 1000 for r in new] == [wide_lo, add_bars(H1, base, 1000)]
+    assert [int(r.query["endTime"]) // 1000 for r in new] == [add_bars(H1, base, -1), wide_hi]
+
+
+def test_forex_weekend_is_remembered(service, fake, raw_conn) -> None:
+    friday, monday_end = 1715299200, 1715641200  # 2024-05-10 00:00, 2024-05-13 23:00 UTC
+    first = service.get_historical_candles("EUR/USD", "1H", start=friday, end=monday_end, limit=5000)
+    assert first.candles == fake.expected_candles("EUR/USD", "1H", friday, monday_end)
+    assert fake.count(SERIES) == 1
+    assert (
+        service.get_historical_candles("EUR/USD", "1H", start=friday, end=monday_end).cache is CacheStatus.HIT
+    )
+    assert fake.count(SERIES) == 1
+
+    # A cold range with no bars at all (a whole weekend): Twelve Data says "no data"; that is remembered.
+    saturday, sunday = 1714780800, 1714845600  # 2024-05-04 00:00, 2024-05-04 18:00 UTC
+    empty = service.get_historical_candles("EUR/USD", "1H", start=saturday, end=sunday)
+    assert empty.candles == [] and fake.count(SERIES) == 2
+    again = service.get_historical_candles("EUR/USD", "1H", start=saturday, end=sunday)
+    assert again.candles == [] and again.cache is CacheStatus.HIT and fake.count(SERIES) == 2
+    covered = raw_conn.run(
+        "SELECT count(*) FROM ohlcv_coverage WHERE start_time <= :s AND end_time >= :e", s=saturday, e=sunday
+    )
+    assert covered[0][0] == 1
+
+
+@pytest.mark.parametrize("symbol", ["BTCUSDT", "EUR/USD"])
+@pytest.mark.parametrize("interval", ALL_INTERVALS, ids=lambda i: i.value)
+def test_every_interval_latest_bars_then_hit(service, fake, symbol: str, interval: Interval) -> None:
+    result = service.get_historical_candles(symbol, interval.value, limit=20)
+    last = last_closed_open(interval, NOW)
+    truth = fake.expected_candles(symbol, interval.value, add_bars(interval, last, -200), last)[-20:]
+    assert len(result.candles) == 20 and result.candles == truth
+    assert result.reaches_present and result.next_start is None
+    requests = fake.count()
+    assert requests >= 1
+    again = service.get_historical_candles(symbol, interval.value, limit=20)
+    assert again.candles == truth and again.cache is CacheStatus.HIT and fake.count() == requests
+
+
+@pytest.mark.parametrize("symbol", ["BTCUSDT", "EUR/USD"])
+def test_open_bar_is_live_and_never_stored(service, fake, raw_conn, symbol: str) -> None:
+    result = service.get_historical_candles(symbol, "1H", limit=5, include_open=True)
+    open_time = bar_open(H1, NOW)
+    assert result.candles[-1] == Candle(*fake.open_bar(symbol, "1H"))
+    assert (
+        result.candles[:-1] == fake.expected_candles(symbol, "1H", add_bars(H1, LAST_H1, -48), LAST_H1)[-5:]
+    )
+    stored = raw_conn.run("SELECT count(*), max(open_time) FROM ohlcv_cache WHERE symbol = :s", s=symbol)
+    assert stored[0][0] >= 5 and stored[0][1] == LAST_H1 < open_time
+    assert (
+        raw_conn.run("SELECT max(end_time) FROM ohlcv_coverage WHERE symbol = :s", s=symbol)[0][0] == LAST_H1
+    )
+
+
+def test_five_thousand_bars_from_a_start(service, fake) -> None:
+    start = 1715000000 - 1715000000 % 60
+    result = service.get_historical_candles("ETHUSDT", "1m", start=start, limit=5000)
+    assert result.candles == fake.expected_candles("ETHUSDT", "1m", start, start + 4999 * 60)
+    assert result.next_start == start + 5000 * 60 and fake.count(KLINES) == 5
+
+
+@pytest.fixture
+def fresh_process_defaults() -> Iterator[None]:
+    """Forget the process-wide settings, store, providers and service before and after the test."""
+    from marketdata import service as service_module
+    from marketdata.config import get_settings
+    from marketdata.providers import reset_providers
+    from marketdata.store import reset_default_store
+
+    def reset() -> None:
+        service_module.get_service.cache_clear()
+        reset_default_store()
+        reset_providers()
+        get_settings.cache_clear()
+
+    reset()
+    yield
+    reset()
+
+
+def test_get_service_is_built_once_from_the_environment(
+    fake, database_url, monkeypatch, fresh_process_defaults
+) -> None:
+    from marketdata import service as service_module
+
+    monkeypatch.setenv("BINANCE_REST_URL", fake.url)
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    default = service_module.get_service()
+    assert service_module.get_service() is default
+    assert default.store is not None
+    fake.now = None  # get_service uses the real clock: compare with the fake at real time
+    result = service_module.get_historical_candles("BTCUSDT", "1D", limit=3)
+    assert result.cache is CacheStatus.MISS and len(result.candles) == 3
+    assert service_module.get_historical_candles("BTCUSDT", "1D", limit=3).cache is CacheStatus.HIT
+
+
+def test_get_service_with_an_unreachable_database_still_answers(
+    fake, monkeypatch, fresh_process_defaults
+) -> None:
+    from marketdata import service as service_module
+
+    monkeypatch.setenv("BINANCE_REST_URL", fake.url)
+    monkeypatch.setenv("DATABASE_URL", "postgresql://md@127.0.0.1:1/md")
+    monkeypatch.setenv("DB_CONNECT_TIMEOUT", "1")
+    fake.now = None  # get_service uses the real clock
+    default = service_module.get_service()  # constructing it does not connect
+    result = default.get_historical_candles("BTCUSDT", "1D", limit=3)
+    assert result.cache is CacheStatus.BYPASS and len(result.candles) == 3
+    assert service_module.get_symbols("crypto").cache is CacheStatus.BYPASS
