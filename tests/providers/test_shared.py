@@ -56,6 +56,7 @@ def test_a_sane_bar_becomes_a_candle() -> None:
         (Interval.H1, (7200, 1, 1.4, 0.5, 1.5, 3), "high below"),  # high < close
         (Interval.H1, (7200, 2.5, 2, 0.5, 1.5, 3), "high below"),  # high < open
         (Interval.H1, (7200, 1, 2, 0.5, 1.5, -0.1), "negative volume"),
+        (Interval.H1, (7200, -1, 2, -1.5, 1.5, 3), "negative price"),  # the cache refuses these rows
         (Interval.H1, (7260, 1, 2, 0.5, 1.5, 3), "not aligned"),
         (Interval.H1, (7200.5, 1, 2, 0.5, 1.5, 3), "whole"),
         (Interval.W1, (utc("2025-01-05"), 1, 2, 0.5, 1.5, 3), "not aligned"),  # a Sunday

@@ -164,7 +164,7 @@ def validate_bar(
 ) -> Candle | None:
     """A Candle when the bar is sane, else None (with a warning naming the bar and the reason).
 
-    Numbers must be finite, low <= min(open, close), max(open, close) <= high, volume >= 0, and the
+    Numbers must be finite, 0 <= low <= min(open, close), max(open, close) <= high, volume >= 0, and the
     open time a whole second aligned to the interval. Callers convert upstream strings to numbers
     first (a value that is not a number at all is a malformed response, not a bad bar).
     """
@@ -202,6 +202,9 @@ def _bar_problem(
         return "open time is not a whole non-negative second"
     if not is_aligned(interval, int(time)):
         return f"open time not aligned to {interval.value}"
+    if low < 0:
+        # Prices are never negative; the cache's CHECK constraint would refuse the whole page otherwise.
+        return "negative price"
     if low > min(open, close):
         return "low above open or close"
     if high < max(open, close):
