@@ -4,7 +4,7 @@
 Needs only Python 3.11+ on the machine. It creates `.venv/` beside the repository, installs the
 project with its dev tools into it (again only when pyproject.toml changed), and then:
 
-  test   runs the whole suite (ruff, then pytest on 2 workers); extra arguments go to pytest
+  test   runs the whole suite (ruff, mypy, then pytest on 2 workers); extra arguments go to pytest
   serve  starts the service on http://127.0.0.1:3000 (embedded Postgres unless DATABASE_URL is set)
 
 Uses only the standard library, so it runs before anything is installed.
@@ -34,8 +34,23 @@ def _run(cmd: list[str], **kw) -> int:
     return subprocess.call(cmd, cwd=ROOT, **kw)
 
 
+def _pip(args: list[str]) -> int:
+    """pip, minus the per-package warnings some mirrors' configurations print (they bury real errors)."""
+    proc = subprocess.run(
+        [str(PY), "-m", "pip", "install", "--disable-pip-version-check", "-q", *args],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    noise = ("WARNING: Location ", "WARNING: Retrying")
+    for line in proc.stderr.splitlines():
+        if not line.startswith(noise):
+            print(line, file=sys.stderr)
+    return proc.returncode
+
+
 def ensure_venv() -> None:
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - this script runs before the venv exists
         sys.exit(f"Python 3.11+ is required, this is {sys.version.split()[0]}")
     wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
     if PY.exists() and STAMP.exists() and STAMP.read_text() == wanted:
@@ -44,8 +59,7 @@ def ensure_venv() -> None:
         _say(f"creating {VENV}")
         venv.EnvBuilder(with_pip=True, clear=True).create(VENV)
     _say("installing the project and its dev tools (first run only)")
-    pip = [str(PY), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
-    if _run([*pip, "--upgrade", "pip"]) != 0 or _run([*pip, "-e", ".[dev]"]) != 0:
+    if _pip(["--upgrade", "pip"]) != 0 or _pip(["-e", ".[dev]"]) != 0:
         sys.exit("pip install failed (see above)")
     STAMP.write_text(wanted)
 
@@ -72,6 +86,9 @@ def cmd_test(args: list[str]) -> int:
     ensure_pgbouncer()
     _say("ruff")
     if _run([str(PY), "-m", "ruff", "check", "."]) != 0:
+        return 1
+    _say("mypy")
+    if _run([str(PY), "-m", "mypy", "layers/shared/python/marketdata"]) != 0:
         return 1
     _say("pytest")
     workers = [] if any(a.startswith("-n") for a in args) else ["-n", "2"]
