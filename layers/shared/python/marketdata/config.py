@@ -159,13 +159,13 @@ def fetch_twelve_data_api_key(
         )
     try:
         if secret_arn:
-            raw = parameters.get_secret(secret_arn, max_age=max_age)
+            key = _key_from_secret_value(parameters.get_secret(secret_arn, max_age=max_age), source)
         else:
-            raw = parameters.get_parameter(parameter_name, decrypt=True, max_age=max_age)
+            assert parameter_name  # for the type checker: one of the two is set (checked above)
+            key = _text(parameters.get_parameter(parameter_name, decrypt=True, max_age=max_age))
     except parameters.exceptions.GetParameterError as exc:
         # The SDK's message names the error (AccessDenied, not found, KMS) but never the value.
         raise ConfigurationError(f"cannot read the Twelve Data API key from {source}: {exc}") from None
-    key = _key_from_secret_value(raw, source) if secret_arn else _text(raw)
     if not key:
         raise ConfigurationError(f"the Twelve Data API key in {source} is empty")
     return key

@@ -1,0 +1,200 @@
+#!/usr/bin/env python3
+"""Cold start figure: the time to import each Lambda handler module, over a bare interpreter.
+
+    .venv/bin/python bench/bench_cold_start.py [--runs 15] [--target-ms 350] [--python PATH]
+
+For each handler (functions/historical, functions/symbols, functions/backfill, functions/migrate) a FRESH
+interpreter is started `--runs` times with only the handler's folder added to sys.path and runs
+`import app`; a bare interpreter (`pass`) is timed the same way. Printed per handler, as medians:
+
+  CPU-bare   user + system CPU of the whole process minus the bare interpreter's: what a cold start
+             adds on top of the runtime's own start. The verdict uses this figure, because wall time
+             on a shared machine mostly measures the neighbours.
+  wall-bare  the same in wall time (equal to CPU-bare on an idle machine).
+  import     CPU and wall time measured inside the process, around `import app` only.
+
+The target (350 ms on this machine) applies to the HTTP handlers and the backfill. When one misses it,
+`python -X importtime` attributes the time: its heaviest imports (cumulative) are printed; `--detail`
+prints them for every handler.
+
+When `scripts/sam_check.py` has built the package (.aws-sam/sam-check/), the same is measured for the
+BUILT functions under python3.13 -I -S with the layer on sys.path, as on Lambda (bytecode shipped in
+the layer, nothing else importable).
+
+No assertion here (machines are noisy): figures and a verdict for a human. Warm-up runs are discarded
+so the first run's bytecode compilation is not counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+HANDLERS = {
+    "historical": ("functions/historical", "HistoricalFunction"),
+    "symbols": ("functions/symbols", "SymbolsFunction"),
+    "backfill": ("functions/backfill", "BackfillFunction"),
+    "migrate": ("functions/migrate", "MigrateFunction"),
+}
+TARGETED = ("historical", "symbols", "backfill")
+BUILT = ROOT / ".aws-sam" / "sam-check"
+
+IMPORT_CODE = (
+    "import sys, time\n"
+    "sys.path[:0] = {paths!r}\n"
+    "t, c = time.perf_counter(), time.process_time()\n"
+    "import app\n"
+    "print('IMPORT_MS', (time.perf_counter() - t) * 1000, (time.process_time() - c) * 1000)\n"
+)
+
+
+@dataclass(frozen=True)
+class Timing:
+    wall_ms: float  # medians over the runs
+    cpu_ms: float  # user + system CPU of the whole process
+    import_wall_ms: float | None = None  # measured inside the process, around `import app`
+    import_cpu_ms: float | None = None
+
+
+def _env() -> dict[str, str]:
+    # What the functions see on Lambda, minus anything that would make them reach out at import.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PYTHON"))}
+    env.update({"POWERTOOLS_SERVICE_NAME": "marketdata", "POWERTOOLS_METRICS_NAMESPACE": "MarketData"})
+    env["PYDANTIC_DISABLE_PLUGINS"] = "__all__"  # as template.yaml's Globals set it
+    return env
+
+
+def time_process(command: list[str], runs: int, warmup: int = 2) -> Timing:
+    """Medians over `runs` fresh processes (after `warmup` discarded ones)."""
+    walls, cpus, import_walls, import_cpus = [], [], [], []
+    for i in range(warmup + runs):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.perf_counter()
+        proc = subprocess.run(command, capture_output=True, text=True, env=_env())
+        wall = (time.perf_counter() - started) * 1000
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if proc.returncode != 0:
+            raise SystemExit(f"{' '.join(command[:3])} ... failed:\n{proc.stderr[-2000:]}")
+        if i < warmup:
+            continue
+        walls.append(wall)
+        cpus.append(((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)) * 1000)
+        match = re.search(r"IMPORT_MS ([0-9.]+) ([0-9.]+)", proc.stdout)
+        if match:
+            import_walls.append(float(match.group(1)))
+            import_cpus.append(float(match.group(2)))
+    median = statistics.median
+    return Timing(
+        median(walls),
+        median(cpus),
+        median(import_walls) if import_walls else None,
+        median(import_cpus) if import_cpus else None,
+    )
+
+
+def heaviest_imports(python: list[str], paths: list[str], top: int = 12) -> list[tuple[int, int, str]]:
+    """(cumulative us, self us, module) of the heaviest imports under `import app`, by -X importtime."""
+    code = f"import sys\nsys.path[:0] = {paths!r}\nimport app\n"
+    proc = subprocess.run(
+        [*python, "-X", "importtime", "-c", code], capture_output=True, text=True, env=_env()
+    )
+    rows = []
+    for line in proc.stderr.splitlines():
+        match = re.match(r"import time:\s+(\d+)\s+\|\s+(\d+)\s+\|( *)(\S+)", line)
+        if match:
+            self_us, cumulative, indent, name = int(match[1]), int(match[2]), len(match[3]), match[4]
+            # Direct imports of app and of its direct imports: the level a person can act on.
+            if indent <= 3:
+                rows.append((cumulative, self_us, ("  " * ((indent - 1) // 2)) + name))
+    return sorted(rows, reverse=True)[:top]
+
+
+def report(label: str, python: list[str], path_sets: dict[str, list[str]], args: argparse.Namespace) -> bool:
+    bare = time_process([*python, "-c", "pass"], args.runs)
+    print(f"\n{label}")
+    print(
+        f"  bare interpreter: {bare.wall_ms:.1f} ms wall, {bare.cpu_ms:.1f} ms CPU (medians of {args.runs})"
+    )
+    print(
+        f"  {'handler':<11} {'CPU-bare':>9} {'wall-bare':>10} {'import':>9} {'import':>9}   "
+        f"verdict on CPU-bare, target {args.target_ms:.0f} ms"
+    )
+    print(f"  {'':<11} {'':>9} {'':>10} {'CPU':>9} {'wall':>9}")
+    all_ok = True
+    for name, paths in path_sets.items():
+        t = time_process([*python, "-c", IMPORT_CODE.format(paths=paths)], args.runs)
+        cpu_over, wall_over = t.cpu_ms - bare.cpu_ms, t.wall_ms - bare.wall_ms
+        targeted = name in TARGETED
+        ok = cpu_over < args.target_ms
+        verdict = ("ok" if ok else "MISSES TARGET") if targeted else "(not on a request path)"
+        all_ok = all_ok and (ok or not targeted)
+        imports = f"{_ms(t.import_cpu_ms)} {_ms(t.import_wall_ms)}"
+        print(f"  {name:<11} {cpu_over:6.1f} ms {wall_over:7.1f} ms {imports}   {verdict}")
+        if args.detail or (targeted and not ok):
+            print(f"    heaviest imports of {name} (python -X importtime; cumulative, self):")
+            for cumulative, self_us, module in heaviest_imports(python, paths):
+                print(f"      {cumulative / 1000:7.1f} ms {self_us / 1000:6.1f} ms  {module}")
+    return all_ok
+
+
+def _ms(value: float | None) -> str:
+    return f"{value:6.1f} ms" if value is not None else "       -"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--target-ms", type=float, default=350.0)
+    parser.add_argument("--python", default=sys.executable, help="interpreter with the project installed")
+    parser.add_argument("--detail", action="store_true", help="import breakdown for every handler")
+    args = parser.parse_args()
+
+    sources = {name: [str(ROOT / folder)] for name, (folder, _) in HANDLERS.items()}
+    ok = report(f"source tree, {args.python} (project venv)", [args.python], sources, args)
+
+    layer = BUILT / "invoke-layer" / "python"
+    if not layer.is_dir():
+        layer = BUILT / "build" / "SharedLayer" / "python"
+    python313 = _python313()
+    if (BUILT / "build").is_dir() and layer.is_dir() and python313:
+        built = {
+            name: [str(BUILT / "build" / logical_id), str(layer)]
+            for name, (_, logical_id) in HANDLERS.items()
+        }
+        ok = (
+            report(f"built package (sam build), {python313} -I -S", [python313, "-I", "-S"], built, args)
+            and ok
+        )
+    else:
+        print("\n(built package not measured: run scripts/sam_check.py first)")
+    print(
+        "\nverdict:",
+        "every request-path handler imports within the target" if ok else "see MISSES TARGET above",
+    )
+    return 0
+
+
+def _python313() -> str | None:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from sam_check import ToolMissing, find_python313
+
+        try:
+            return str(find_python313())
+        except ToolMissing:
+            return None
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,953 @@
+#!/usr/bin/env python3
+"""Prove the deployable package: `sam validate --lint`, `sam build`, then run the BUILT functions.
+
+    python3 scripts/sam_check.py [--database-url URL] [--upstream-url URL] [--build-only]
+
+Steps
+1. A private virtualenv `.venv-sam/` with aws-sam-cli (created once, re-created when SAM_CLI_REQUIREMENT
+   changes). SAM is heavy and pins many packages; kept apart it cannot disturb the project's `.venv`.
+2. `sam validate --lint` (cfn-lint); samconfig.toml's parameter_overrides read by SAM's own parser (a
+   value with an unquoted space is silently cut there) and matched against the template's parameters;
+   `sam build` of template.yaml into `.aws-sam/sam-check/build`
+   (not `.aws-sam/build`, so a developer's own build is left alone). No Docker: the functions are plain
+   copies of functions/*/ and the layer is built by layers/shared/Makefile, which makes pip fetch the
+   manylinux aarch64 wheels for CPython 3.13 (pydantic-core ships them) on any machine. sam needs a real
+   `python3.13` for the python3.13 runtime (it checks the version of the one it finds on PATH) and the
+   Makefile needs it to write bytecode the runtime will load; this script finds one (PATH, pyenv,
+   SAM_CHECK_PYTHON313) and puts its folder first on PATH, or stops and says how to get one.
+3. The build output is inspected: every function has its handler, the layer has the marketdata
+   package with cpython-313 bytecode, the migrations (same files as migrations/), and only aarch64
+   native code (an x86_64 .so would crash on Lambda arm64), declared so by the wheels' tags.
+4. Each event in events/ is fed to its function in a FRESH `python3.13 -I -S -B` process whose sys.path
+   is the standard library plus [the built function dir, the built layer's python dir] and nothing
+   else, as on Lambda (/var/task, /opt/python). Every module the process loaded must come from those
+   places or the standard library; the API functions must not load boto3 (cold start).
+
+Why an overlay for native code, and only for it
+   The layer holds aarch64 binaries, which this (usually x86_64) machine cannot load. Alternatives: a
+   second, x86_64 `sam build` would prove a different package than the one deployed; installing the
+   requirements for the host would prove nothing about the build output at all. Instead the invocation
+   uses a copy of the built layer in which, for each distribution that carries native code, the host's
+   extension modules OF THE SAME VERSION are added next to the aarch64 ones (which stay, and which the
+   host's import system skips by file name). Before adding them, the host wheel's Python files are
+   compared with the built ones and must be identical: the only bytes not taken from the build output
+   are the compiled extensions the build itself was shown (step 3) to contain for arm64. So a missing
+   module, a missing data file (migrations), a wrong path or an import the layer does not satisfy fails
+   here exactly as it would on Lambda. On an aarch64 Linux machine no overlay is made.
+
+Invocations (all in fresh processes; with a database the order matters):
+   migrate -> applies every migration (or says up to date), candles (miss or hit) -> candles again (hit),
+   bad candles input (400/422, no stack), symbols crypto and forex, backfill (jobs from
+   events/backfill_schedule.json) -> candles over the backfilled range (hit), migrate again (nothing).
+   Candle values are compared with the fake upstream's truth. Without --database-url the API runs in
+   bypass mode and the migrate function must refuse with a ConfigurationError.
+
+--upstream-url must be the fake upstream (tests/support/fake_upstream.py); without it one is started
+in this process. --database-url should name an empty or migrated database the check may write to.
+Exit status 0 when everything holds, 1 with a list of what did not, 2 when a tool is missing.
+Standard library only, like scripts/dev.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import calendar
+import contextlib
+import fcntl
+import glob
+import gzip
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import venv
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+SAM_VENV = ROOT / ".venv-sam"
+SAM_CLI_REQUIREMENT = "aws-sam-cli==1.170.0"
+WORK = ROOT / ".aws-sam" / "sam-check"  # default --work-dir: build output, invocation layer
+HOST_WHEELS = ROOT / ".aws-sam" / "host-wheels"  # host builds of native distributions, kept between runs
+TEMPLATE = ROOT / "template.yaml"
+EVENTS = ROOT / "events"
+
+LAYER = "SharedLayer"
+FUNCTIONS = {  # logical id -> source folder (template.yaml CodeUri)
+    "HistoricalFunction": "functions/historical",
+    "SymbolsFunction": "functions/symbols",
+    "BackfillFunction": "functions/backfill",
+    "MigrateFunction": "functions/migrate",
+}
+API_FUNCTIONS = ("HistoricalFunction", "SymbolsFunction")
+CANDLE_FIELDS = {"time", "open", "high", "low", "close", "volume"}
+HISTORY_FIELDS = {"symbol", "interval", "asset_class", "provider", "candles", "next_start"}
+ELF_MACHINE = {62: "x86_64", 183: "aarch64"}
+DEFAULT_TWELVE_DATA_KEY = "sam-check-key"
+
+
+class ToolMissing(Exception):
+    """A prerequisite (python3.13, make, pip) is not available; the message says how to get it."""
+
+
+class CheckFailed(Exception):
+    """A step failed; the message says which and why."""
+
+
+def say(message: str) -> None:
+    print(f"[sam-check] {message}", flush=True)
+
+
+# ---------------------------------------------------------------- tools
+
+
+def _python_version(python: str) -> tuple[int, int] | None:
+    try:
+        out = subprocess.run(
+            [python, "-c", "import sys; print('%d %d' % sys.version_info[:2])"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ, "PYENV_VERSION": ""},
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    parts = out.stdout.split()
+    return (int(parts[0]), int(parts[1])) if out.returncode == 0 and len(parts) == 2 else None
+
+
+def find_python313() -> Path:
+    """A real CPython 3.13 executable (not a pyenv shim), with pip."""
+    candidates: list[str] = []
+    if os.environ.get("SAM_CHECK_PYTHON313"):
+        candidates.append(os.environ["SAM_CHECK_PYTHON313"])
+    pyenv_root = os.environ.get("PYENV_ROOT") or str(Path.home() / ".pyenv")
+    candidates += sorted(
+        glob.glob(os.path.join(pyenv_root, "versions", "3.13*", "bin", "python3.13")), reverse=True
+    )
+    for found in (shutil.which("python3.13"), "/usr/local/bin/python3.13", "/usr/bin/python3.13"):
+        if found:
+            candidates.append(found)
+    for candidate in candidates:
+        if not os.path.exists(candidate) or _python_version(candidate) != (3, 13):
+            continue
+        # Resolve a shim to the interpreter itself, so its folder can go first on PATH.
+        real = subprocess.run(
+            [candidate, "-c", "import sys; print(sys.executable)"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+        python = Path(real or candidate)
+        if (
+            subprocess.run([python, "-m", "pip", "--version"], capture_output=True, check=False).returncode
+            != 0
+        ):
+            raise ToolMissing(f"{python} has no pip: run `{python} -m ensurepip`")
+        return python
+    raise ToolMissing(
+        "python3.13 not found. `sam build` needs a CPython 3.13 for the python3.13 Lambda runtime (no Docker "
+        "here), and the layer's bytecode is compiled with it. Get one with `pyenv install 3.13`, "
+        "`apt-get install python3.13` (Debian 13+/Ubuntu 24.04+) or `uv python install 3.13`, or point "
+        "SAM_CHECK_PYTHON313 at an existing python3.13."
+    )
+
+
+def ensure_sam() -> Path:
+    """The sam executable of .venv-sam, installing aws-sam-cli there first when needed."""
+    sam = SAM_VENV / "bin" / "sam"
+    stamp = SAM_VENV / ".installed"
+    with _locked(ROOT / ".aws-sam" / ".venv-sam.lock"):
+        if sam.exists() and stamp.exists() and stamp.read_text() == SAM_CLI_REQUIREMENT:
+            return sam
+        say(f"installing {SAM_CLI_REQUIREMENT} into {SAM_VENV.name}/ (first run only, about a minute)")
+        venv.EnvBuilder(with_pip=True, clear=True).create(SAM_VENV)
+        pip = [str(SAM_VENV / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+        for args in (["--upgrade", "pip"], [SAM_CLI_REQUIREMENT]):
+            proc = subprocess.run([*pip, *args], capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise ToolMissing(
+                    f"pip install {' '.join(args)} into {SAM_VENV} failed:\n{proc.stderr[-3000:]}"
+                )
+        stamp.write_text(SAM_CLI_REQUIREMENT)
+    return sam
+
+
+def sam_environment(python313: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(python313.parent), str(SAM_VENV / "bin"), env.get("PATH", "")])
+    env.pop("PYENV_VERSION", None)
+    env.update(
+        {
+            "SAM_CLI_TELEMETRY": "0",
+            "SAM_CLI_CONTAINER_CONNECTION_TIMEOUT": "1",
+            # Never look for credentials on an instance metadata endpoint; validate and build need none.
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "AWS_REGION": env.get("AWS_REGION") or "us-east-1",
+            "AWS_DEFAULT_REGION": env.get("AWS_DEFAULT_REGION") or "us-east-1",
+            "PYTHON": str(python313),  # for layers/shared/Makefile
+        }
+    )
+    return env
+
+
+def run_sam(sam: Path, args: list[str], env: dict[str, str]) -> str:
+    command = [str(sam), *args]
+    say("$ sam " + " ".join(args))
+    started = time.monotonic()
+    proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    output = proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        raise CheckFailed(f"`sam {' '.join(args)}` failed (exit {proc.returncode}):\n{output.strip()}")
+    say(f"  ok in {time.monotonic() - started:.1f} s")
+    return output
+
+
+def sam_version(sam: Path, env: dict[str, str]) -> str:
+    return subprocess.run([str(sam), "--version"], env=env, capture_output=True, text=True).stdout.strip()
+
+
+# ---------------------------------------------------------------- samconfig.toml
+
+# Runs in .venv-sam: SAM's own parser for parameter_overrides, which splits on spaces and quotes.
+SAMCONFIG_PARSER = r"""
+import json, sys, tomllib
+from samcli.cli.types import CfnParameterOverridesType
+config = tomllib.load(open(sys.argv[1], "rb"))
+parsed = {}
+for env, commands in config.items():
+    for command, section in (commands.items() if isinstance(commands, dict) else ()):
+        params = section.get("parameters") if isinstance(section, dict) else None
+        values = (params or {}).get("parameter_overrides")
+        if values is not None:
+            values = values if isinstance(values, list) else [values]
+            parsed[env + "." + command] = CfnParameterOverridesType().convert(values, None, None)
+print(json.dumps(parsed))
+"""
+
+
+def template_parameters() -> set[str]:
+    text = TEMPLATE.read_text()
+    section = text[text.index("\nParameters:") : text.index("\nConditions:")]
+    return set(re.findall(r"^  ([A-Za-z0-9]+):\s*$", section, re.MULTILINE))
+
+
+def check_samconfig(path: Path = ROOT / "samconfig.toml") -> int:
+    """Every parameter_overrides entry of samconfig.toml, as SAM itself reads it, fits the template."""
+    python = SAM_VENV / "bin" / "python"
+    proc = subprocess.run(
+        [str(python), "-c", SAMCONFIG_PARSER, str(path)], capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        raise CheckFailed(f"samconfig.toml cannot be read by SAM:\n{proc.stderr[-2000:]}")
+    known = template_parameters()
+    problems = []
+    parsed = json.loads(proc.stdout)
+    for where, overrides in parsed.items():
+        for key, value in overrides.items():
+            if key not in known:
+                problems.append(f"{where}: {key} is not a template parameter")
+            if value.count("(") != value.count(")") or value.count("[") != value.count("]"):
+                problems.append(f"{where}: {key} was cut at a space ({value!r}): quote the value")
+        if "BackfillJobs" in overrides:
+            try:
+                jobs = json.loads(overrides["BackfillJobs"])["jobs"]
+                assert isinstance(jobs, list) and jobs
+            except (ValueError, KeyError, TypeError, AssertionError):
+                problems.append(
+                    f"{where}: BackfillJobs is not a jobs document: {overrides['BackfillJobs']!r}"
+                )
+        schedule = overrides.get("BackfillSchedule")
+        if schedule is not None and not re.fullmatch(r"(rate|cron|at)\(.+\)", schedule):
+            problems.append(f"{where}: BackfillSchedule {schedule!r} is not a schedule expression")
+    if problems:
+        raise CheckFailed("samconfig.toml:\n  - " + "\n  - ".join(problems))
+    return len(parsed)
+
+
+# ---------------------------------------------------------------- build inspection
+
+
+@dataclass
+class Distribution:
+    name: str
+    version: str
+    tags: list[str]
+    files: list[str]
+
+    @property
+    def native_files(self) -> list[str]:
+        return [f for f in self.files if f.endswith(".so") or ".so." in f]
+
+
+def _dist_field(metadata: str, name: str) -> str:
+    match = re.search(rf"^{name}:\s*(.+)$", metadata, re.MULTILINE)
+    return match.group(1).strip() if match else ""
+
+
+def distributions(site: Path) -> list[Distribution]:
+    found = []
+    for info in sorted(site.glob("*.dist-info")):
+        metadata = (info / "METADATA").read_text(encoding="utf-8", errors="replace")
+        wheel = (info / "WHEEL").read_text() if (info / "WHEEL").exists() else ""
+        tags = [line.split(":", 1)[1].strip() for line in wheel.splitlines() if line.startswith("Tag:")]
+        record = (info / "RECORD").read_text() if (info / "RECORD").exists() else ""
+        files = [line.split(",", 1)[0] for line in record.splitlines() if line.strip()]
+        found.append(
+            Distribution(_dist_field(metadata, "Name"), _dist_field(metadata, "Version"), tags, files)
+        )
+    return found
+
+
+def elf_machine(path: Path) -> str:
+    header = path.read_bytes()[:20]
+    if header[:4] != b"\x7fELF":
+        return "not-elf"
+    return ELF_MACHINE.get(int.from_bytes(header[18:20], "little"), f"machine-{header[18]}")
+
+
+def inspect_build(build: Path) -> list[Distribution]:
+    """Check the build output's shape; return the layer's distributions that carry native code."""
+    problems: list[str] = []
+    for logical_id in FUNCTIONS:
+        if not (build / logical_id / "app.py").is_file():
+            problems.append(f"{logical_id}: app.py missing from the build output")
+    site = build / LAYER / "python"
+    package = site / "marketdata"
+    if not (package / "__init__.py").is_file():
+        problems.append("layer: python/marketdata missing")
+    else:
+        modules = {p.stem for p in package.rglob("*.py")}
+        compiled = {p.name.split(".")[0] for p in package.rglob("__pycache__/*.cpython-313.pyc")}
+        if missing := sorted(modules - compiled):
+            problems.append(f"layer: no cpython-313 bytecode for marketdata modules {missing}")
+    if list(site.glob("marketdata*.egg-info")):
+        problems.append("layer: an egg-info (editable install leftover) was packaged")
+    wanted = sorted(p.name for p in (ROOT / "migrations").glob("*.sql"))
+    shipped = sorted(p.name for p in (site / "migrations").glob("*.sql"))
+    if not wanted or shipped != wanted:
+        problems.append(f"layer: python/migrations has {shipped}, migrations/ has {wanted}")
+    native: list[Distribution] = []
+    for dist in distributions(site):
+        if not dist.native_files and all(t.endswith("-none-any") for t in dist.tags):
+            continue
+        native.append(dist)
+        if not dist.tags or not all("aarch64" in t for t in dist.tags):
+            problems.append(f"layer: {dist.name} {dist.version} is not an aarch64 wheel (tags {dist.tags})")
+        for rel in dist.native_files:
+            machine = elf_machine(site / rel)
+            if machine != "aarch64":
+                problems.append(f"layer: {rel} is {machine} code; Lambda arm64 cannot load it")
+    stray = [
+        str(p.relative_to(site))
+        for p in site.rglob("*.so")
+        if not any(str(p.relative_to(site)) in d.files for d in native)
+    ]
+    if stray:
+        problems.append(f"layer: native files outside any declared wheel: {stray}")
+    if problems:
+        raise CheckFailed("the build output is incomplete or wrong:\n  - " + "\n  - ".join(problems))
+    return native
+
+
+# ---------------------------------------------------------------- the invocation layer
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def host_is_aarch64_linux() -> bool:
+    return sys.platform.startswith("linux") and platform.machine().lower() in ("aarch64", "arm64")
+
+
+def _fetch_host_build(python313: Path, dist: Distribution, host: Path) -> None:
+    if (host / ".complete").exists():
+        return
+    shutil.rmtree(host, ignore_errors=True)
+    say(f"fetching the host build of {dist.name}=={dist.version} (its native code only is used)")
+    proc = subprocess.run(
+        [str(python313), "-m", "pip", "install", "--disable-pip-version-check", "-q", "--no-deps",
+         "--only-binary=:all:", "--no-compile", "--target", str(host), f"{dist.name}=={dist.version}"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise ToolMissing(f"pip could not fetch {dist.name}=={dist.version} for this host:\n{proc.stderr}")
+    (host / ".complete").write_text("ok")
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock file: two checks at once (pytest workers, a developer) share .venv-sam safely."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def invocation_layer(build: Path, native: list[Distribution], python313: Path, work: Path) -> Path:
+    """The layer to put on sys.path: the build output itself, or a copy plus host-native extensions."""
+    site = build / LAYER / "python"
+    if host_is_aarch64_linux() or not native:
+        return site
+    copy = work / "invoke-layer" / "python"
+    shutil.rmtree(copy.parent, ignore_errors=True)
+    shutil.copytree(site, copy, symlinks=True)
+    for dist in native:
+        host = HOST_WHEELS / f"{dist.name}-{dist.version}-{platform.machine()}"
+        with _locked(HOST_WHEELS / ".lock"):
+            _fetch_host_build(python313, dist, host)
+        host_dist = next((d for d in distributions(host) if d.version == dist.version), None)
+        if host_dist is None:
+            raise CheckFailed(f"host wheel of {dist.name} {dist.version} not found in {host}")
+        # Same version means same Python code: prove it, so only compiled extensions differ.
+        for rel in host_dist.files:
+            if rel.endswith(".py") and not rel.startswith(".."):
+                built = copy / rel
+                if not built.exists() or _sha256(built) != _sha256(host / rel):
+                    raise CheckFailed(
+                        f"{dist.name}: {rel} differs between the built layer and the host wheel"
+                    )
+        for rel in host_dist.native_files:
+            (copy / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(host / rel, copy / rel)
+        say(f"invocation layer: + host extensions of {dist.name} {dist.version}: {host_dist.native_files}")
+    return copy
+
+
+# ---------------------------------------------------------------- invoking a built function
+
+# Runs inside `python3.13 -I -S -B`: no site-packages, no PYTHONPATH, no current directory on sys.path.
+RUNNER = r"""
+import json, sys, time
+function_dir, layer_dir, event_path, out_path, name, timeout = sys.argv[1:7]
+stdlib = [p for p in sys.path if p]
+sys.path[:0] = [function_dir, layer_dir]
+
+
+class LambdaContext:
+    function_name = name
+    function_version = "$LATEST"
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:" + name
+    memory_limit_in_mb = 512
+    aws_request_id = "sam-check-" + name
+    log_group_name = "/aws/lambda/" + name
+    log_stream_name = "2026/01/01/[$LATEST]samcheck"
+    identity = None
+    client_context = None
+
+    def __init__(self):
+        self._deadline = time.monotonic() + float(timeout)
+
+    def get_remaining_time_in_millis(self):
+        return max(0, int((self._deadline - time.monotonic()) * 1000))
+
+
+out = {"stage": "import"}
+try:
+    started = time.perf_counter()
+    import app
+    out["import_ms"] = (time.perf_counter() - started) * 1000
+    out["stage"] = "invoke"
+    with open(event_path) as f:
+        event = json.load(f)
+    out["result"] = app.lambda_handler(event, LambdaContext())
+    out["ok"] = True
+except BaseException as exc:
+    import traceback
+    out["ok"] = False
+    out["error_type"] = type(exc).__name__
+    out["error"] = str(exc)
+    out["traceback"] = traceback.format_exc()
+finally:
+    allowed = (function_dir, layer_dir, *stdlib)
+    out["foreign_modules"] = sorted(
+        f"{m}: {getattr(mod, '__file__', '')}"
+        for m, mod in list(sys.modules.items())
+        if getattr(mod, "__file__", None)
+        and (not str(mod.__file__).startswith(allowed) or "site-packages" in str(mod.__file__))
+    )
+    out["boto3_loaded"] = "boto3" in sys.modules or "botocore" in sys.modules
+    with open(out_path, "w") as f:
+        json.dump(out, f, default=str)
+"""
+
+
+@dataclass
+class Invocation:
+    label: str
+    logical_id: str
+    ok: bool
+    result: Any = None
+    error_type: str = ""
+    error: str = ""
+    stage: str = ""
+    import_ms: float | None = None
+    foreign_modules: list[str] = field(default_factory=list)
+    boto3_loaded: bool = False
+    output: str = ""
+
+    def describe(self) -> str:
+        return f"{self.label} ({self.logical_id})"
+
+
+def invoke(
+    python313: Path,
+    build: Path,
+    layer: Path,
+    logical_id: str,
+    event: Any,
+    env: dict[str, str],
+    label: str,
+    timeout: float = 60,
+) -> Invocation:
+    with tempfile.TemporaryDirectory(prefix="sam-check-") as tmp:
+        event_path, out_path = Path(tmp) / "event.json", Path(tmp) / "out.json"
+        event_path.write_text(json.dumps(event))
+        function_dir = build / logical_id
+        lambda_env = {
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "LANG": "C.UTF-8",
+            "TZ": ":UTC",
+            "HOME": tmp,
+            "AWS_REGION": "us-east-1",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_EXECUTION_ENV": "AWS_Lambda_python3.13",
+            "AWS_LAMBDA_FUNCTION_NAME": logical_id,
+            "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "512",
+            "LAMBDA_TASK_ROOT": str(function_dir),
+            **env,
+        }
+        proc = subprocess.run(
+            [
+                str(python313),
+                "-I",
+                "-S",
+                "-B",
+                "-c",
+                RUNNER,
+                str(function_dir),
+                str(layer),
+                str(event_path),
+                str(out_path),
+                logical_id,
+                str(timeout),
+            ],
+            env=lambda_env,
+            capture_output=True,
+            text=True,
+            timeout=timeout + 60,
+        )
+        output = (proc.stdout + proc.stderr)[-4000:]
+        if not out_path.exists():
+            return Invocation(
+                label,
+                logical_id,
+                False,
+                error_type="crash",
+                error=f"the interpreter exited {proc.returncode} without a result",
+                output=output,
+            )
+        data = json.loads(out_path.read_text())
+    return Invocation(
+        label,
+        logical_id,
+        bool(data.get("ok")),
+        data.get("result"),
+        data.get("error_type", ""),
+        data.get("error", "") + ("\n" + data["traceback"] if data.get("traceback") else ""),
+        data.get("stage", ""),
+        data.get("import_ms"),
+        data.get("foreign_modules", []),
+        bool(data.get("boto3_loaded")),
+        output,
+    )
+
+
+def load_event(name: str) -> Any:
+    return json.loads((EVENTS / name).read_text())
+
+
+def with_query(event: dict[str, Any], **query: str) -> dict[str, Any]:
+    """A copy of an HTTP API v2 event with other query parameters (kept consistent with rawQueryString)."""
+    copy = json.loads(json.dumps(event))
+    copy["queryStringParameters"] = dict(query)
+    copy["rawQueryString"] = "&".join(f"{k}={v}" for k, v in query.items())
+    return copy
+
+
+# ---------------------------------------------------------------- expectations
+
+
+@dataclass
+class HttpAnswer:
+    status: int
+    headers: dict[str, str]
+    body: Any
+
+
+def http_answer(inv: Invocation) -> HttpAnswer:
+    result = inv.result
+    if not isinstance(result, dict) or "statusCode" not in result:
+        raise CheckFailed(f"{inv.describe()}: not an API Gateway v2 response: {str(result)[:300]}")
+    headers = {str(k).lower(): str(v) for k, v in (result.get("headers") or {}).items()}
+    raw = result.get("body") or ""
+    data = base64.b64decode(raw) if result.get("isBase64Encoded") else raw.encode("utf-8")
+    if headers.get("content-encoding") == "gzip":
+        data = gzip.decompress(data)
+    text = data.decode("utf-8")
+    if "Traceback" in text:
+        raise CheckFailed(f"{inv.describe()}: the body contains a stack trace: {text[:300]}")
+    try:
+        body = json.loads(text)
+    except ValueError as exc:
+        raise CheckFailed(f"{inv.describe()}: the body is not JSON ({exc}): {text[:300]}") from None
+    return HttpAnswer(int(result["statusCode"]), headers, body)
+
+
+def expect(condition: bool, inv: Invocation, message: str) -> None:
+    if not condition:
+        raise CheckFailed(f"{inv.describe()}: {message}")
+
+
+def expected_candles(symbol: str, interval: str, start: int, end: int) -> list[dict[str, Any]]:
+    sys.path.insert(0, str(ROOT))
+    try:
+        from tests.support.fake_upstream import expected_bars
+    finally:
+        sys.path.remove(str(ROOT))
+    return [dict(bar._asdict()) for bar in expected_bars(symbol, interval, start, end)]
+
+
+def check_history(inv: Invocation, *, cache: set[str], query: dict[str, str]) -> HttpAnswer:
+    answer = http_answer(inv)
+    expect(answer.status == 200, inv, f"status {answer.status}, body {str(answer.body)[:300]}")
+    expect(
+        answer.headers.get("x-cache") in cache,
+        inv,
+        f"X-Cache {answer.headers.get('x-cache')!r}, wanted {cache}",
+    )
+    expect("max-age" in answer.headers.get("cache-control", ""), inv, "no Cache-Control max-age")
+    body = answer.body
+    expect(isinstance(body, dict) and set(body) == HISTORY_FIELDS, inv, f"body fields {sorted(body)}")
+    expect(
+        body["symbol"] == query["symbol"] and body["interval"] == query["interval"],
+        inv,
+        f"answered {body['symbol']} {body['interval']}",
+    )
+    candles = body["candles"]
+    expect(all(isinstance(c, dict) and set(c) == CANDLE_FIELDS for c in candles), inv, "candle fields")
+    truth = expected_candles(query["symbol"], query["interval"], int(query["start"]), int(query["end"]))
+    truth = truth[: int(query.get("limit", "500"))]
+    expect(
+        candles == truth,
+        inv,
+        f"candles differ from the fake upstream's truth: got {len(candles)}, wanted {len(truth)}; "
+        f"first got {candles[:1]}, wanted {truth[:1]}",
+    )
+    return answer
+
+
+def check_import(inv: Invocation) -> None:
+    if not inv.ok and inv.stage == "import":
+        raise CheckFailed(
+            f"{inv.describe()}: the built package cannot import its handler: "
+            f"{inv.error_type}: {inv.error}\n{inv.output}"
+        )
+    expect(
+        not inv.foreign_modules, inv, f"modules loaded from outside the build output: {inv.foreign_modules}"
+    )
+
+
+def check_ok(inv: Invocation) -> None:
+    check_import(inv)
+    expect(inv.ok, inv, f"raised {inv.error_type}: {inv.error}\n{inv.output}")
+
+
+# ---------------------------------------------------------------- the run
+
+
+@dataclass
+class Options:
+    database_url: str | None
+    upstream_url: str
+    twelve_data_api_key: str
+
+
+def function_env(options: Options, layer: Path) -> dict[str, dict[str, str]]:
+    common = {
+        "BINANCE_REST_URL": options.upstream_url,
+        "TWELVE_DATA_REST_URL": options.upstream_url,
+        "TWELVE_DATA_API_KEY": options.twelve_data_api_key,
+        "POWERTOOLS_SERVICE_NAME": "marketdata",
+        "POWERTOOLS_METRICS_NAMESPACE": "MarketData",
+        "LOG_LEVEL": "INFO",
+        "HTTP_READ_TIMEOUT": "5",
+    }
+    if options.database_url:
+        common["DATABASE_URL"] = options.database_url
+    # Mirror the template: its /opt/... paths are where the layer is unpacked.
+    migrations_dir = re.search(r"MIGRATIONS_DIR:\s*(\S+)", TEMPLATE.read_text())
+    migrate = dict(common)
+    if migrations_dir:
+        migrate["MIGRATIONS_DIR"] = migrations_dir.group(1).replace("/opt/python", str(layer), 1)
+    return {
+        "HistoricalFunction": common,
+        "SymbolsFunction": common,
+        "BackfillFunction": common,
+        "MigrateFunction": migrate,
+    }
+
+
+def _summary(inv: Invocation) -> str:
+    """A few words on what came back, for the progress lines."""
+    result = inv.result
+    if not inv.ok:
+        return f"refused: {inv.error_type}"
+    if isinstance(result, dict) and "statusCode" in result:
+        headers = {str(k).lower(): v for k, v in (result.get("headers") or {}).items()}
+        cache = f", X-Cache {headers['x-cache']}" if "x-cache" in headers else ""
+        return f"HTTP {result['statusCode']}{cache}"
+    if isinstance(result, dict) and "applied" in result:
+        return f"applied {result['applied'] or 'nothing'}"
+    if isinstance(result, dict) and "totals" in result:
+        return f"totals {result['totals']}"
+    return str(result)[:80]
+
+
+def run_invocations(python313: Path, build: Path, layer: Path, options: Options) -> list[Invocation]:
+    envs = function_env(options, layer)
+    has_db = options.database_url is not None
+    done: list[Invocation] = []
+    failures: list[str] = []
+
+    def step(label: str, logical_id: str, event: Any, check: Any, timeout: float = 60) -> None:
+        inv = invoke(python313, build, layer, logical_id, event, envs[logical_id], label, timeout)
+        done.append(inv)
+        try:
+            check(inv)
+        except CheckFailed as exc:
+            message = str(exc)
+            if inv.output and inv.output[-200:] not in message:
+                # What the function logged (Powertools JSON lines, stack traces): the why of a 5xx.
+                tail = inv.output[-2500:].strip().replace("\n", "\n    | ")
+                message += f"\n  the function's output (last lines):\n    | {tail}"
+            failures.append(message)
+            say(f"FAIL {label}")
+            return
+        ms = f"import {inv.import_ms:4.0f} ms" if inv.import_ms is not None else "no import"
+        say(f"ok   {label:<24} {ms}  {_summary(inv)}")
+
+    def refuses_without_database(inv: Invocation) -> None:
+        # Without a cache there is nothing to migrate or backfill into: the function must say so.
+        check_import(inv)
+        got = inv.error_type or "success"
+        expect(
+            not inv.ok and inv.error_type == "ConfigurationError",
+            inv,
+            f"wanted ConfigurationError, got {got}",
+        )
+
+    def api(inv: Invocation) -> None:
+        check_ok(inv)
+        expect(not inv.boto3_loaded, inv, "boto3/botocore were imported on the request path (cold start)")
+
+    # --- migrate (first, so the API below runs against the schema) ---
+    versions = sorted((p.name.split("_")[0] for p in (ROOT / "migrations").glob("*.sql")), key=int)
+
+    def migrate_first(inv: Invocation) -> None:
+        if not has_db:
+            refuses_without_database(inv)
+            return
+        check_ok(inv)
+        result = inv.result
+        expect(isinstance(result, dict) and {"applied", "latest"} <= set(result), inv, f"returned {result}")
+        expect(set(result["applied"]) <= set(versions), inv, f"applied {result['applied']}, files {versions}")
+        expect(
+            result["latest"] == versions[-1], inv, f"latest {result['latest']}, files end at {versions[-1]}"
+        )
+
+    def migrate_again(inv: Invocation) -> None:
+        check_ok(inv)
+        expect(inv.result.get("applied") == [], inv, f"a second run applied {inv.result.get('applied')}")
+
+    step("migrate", "MigrateFunction", load_event("migrate.json"), migrate_first, timeout=120)
+
+    # --- candles ---
+    candles = load_event("candles.json")
+    query = candles["queryStringParameters"]
+    first_cache = {"miss", "hit", "partial"} if has_db else {"bypass"}
+
+    def candles_first(inv: Invocation) -> None:
+        api(inv)
+        check_history(inv, cache=first_cache, query=query)
+
+    def candles_again(inv: Invocation) -> None:
+        api(inv)
+        check_history(inv, cache={"hit"}, query=query)
+
+    def bad_input(inv: Invocation) -> None:
+        api(inv)
+        answer = http_answer(inv)
+        expect(answer.status in (400, 422), inv, f"status {answer.status}, wanted 400/422")
+        message = answer.body.get("message") if isinstance(answer.body, dict) else None
+        expect(isinstance(message, str) and bool(message), inv, f"no message in {answer.body}")
+        expect("no-store" in answer.headers.get("cache-control", ""), inv, "an error answer may be cached")
+
+    step("candles", "HistoricalFunction", candles, candles_first)
+    if has_db:
+        step("candles (again)", "HistoricalFunction", candles, candles_again)
+    step("candles bad input", "HistoricalFunction", load_event("candles_bad_input.json"), bad_input)
+
+    # --- symbols ---
+    def symbols(asset_class: str, must_have: str) -> Any:
+        def check(inv: Invocation) -> None:
+            api(inv)
+            answer = http_answer(inv)
+            expect(answer.status == 200, inv, f"status {answer.status}, body {str(answer.body)[:300]}")
+            body = answer.body
+            expect(body.get("asset_class") == asset_class, inv, f"asset_class {body.get('asset_class')}")
+            names = body.get("symbols")
+            expect(
+                isinstance(names, list) and names == sorted(names) and must_have in names,
+                inv,
+                f"symbols not a sorted list containing {must_have}: {str(names)[:200]}",
+            )
+
+        return check
+
+    step("symbols crypto", "SymbolsFunction", load_event("symbols_crypto.json"), symbols("crypto", "BTCUSDT"))
+    step("symbols forex", "SymbolsFunction", load_event("symbols_forex.json"), symbols("forex", "EUR/USD"))
+
+    # --- backfill (the scheduler's Input is the event itself) ---
+    jobs = load_event("backfill_schedule.json")
+
+    def backfill(inv: Invocation) -> None:
+        if not has_db:
+            refuses_without_database(inv)
+            return
+        check_ok(inv)
+        result = inv.result
+        summaries = result.get("jobs") if isinstance(result, dict) else None
+        if not isinstance(summaries, list):
+            raise CheckFailed(f"{inv.describe()}: no per-job summary in {str(result)[:300]}")
+        expect(len(summaries) == len(jobs["jobs"]), inv, f"{len(summaries)} job summaries")
+        bad = [j for j in summaries if str(j.get("status")) in ("failed", "invalid")]
+        expect(not bad, inv, f"jobs failed: {bad}")
+
+    step("backfill", "BackfillFunction", jobs, backfill, timeout=120)
+
+    if has_db:
+        # The first job starts on a date: the cache now answers its first three weeks by itself.
+        job = jobs["jobs"][0]
+        since = calendar.timegm(time.strptime(job["since"], "%Y-%m-%d"))
+        backfilled = {
+            "symbol": job["symbol"],
+            "interval": job["interval"],
+            "start": str(since),
+            "end": str(since + 20 * 86400),
+            "limit": "21",
+        }
+
+        def after_backfill(inv: Invocation) -> None:
+            api(inv)
+            check_history(inv, cache={"hit"}, query=backfilled)
+
+        step(
+            "candles after backfill", "HistoricalFunction", with_query(candles, **backfilled), after_backfill
+        )
+        step("migrate again", "MigrateFunction", load_event("migrate.json"), migrate_again, timeout=120)
+
+    if failures:
+        raise CheckFailed("invocations of the built functions failed:\n\n" + "\n\n".join(failures))
+    return done
+
+
+def start_fake_upstream() -> Any:
+    sys.path.insert(0, str(ROOT))
+    try:
+        from tests.support.fake_upstream import FakeUpstream
+    finally:
+        sys.path.remove(str(ROOT))
+    return FakeUpstream().start()  # accepts any non-empty Twelve Data key
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--database-url", help="Postgres the built functions use (default: none, bypass mode)"
+    )
+    parser.add_argument("--upstream-url", help="the fake upstream's URL (default: start one here)")
+    parser.add_argument(
+        "--twelve-data-api-key", default=DEFAULT_TWELVE_DATA_KEY, help="key the fake upstream accepts"
+    )
+    parser.add_argument("--build-only", action="store_true", help="validate and build, do not invoke")
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=WORK,
+        help=f"build output and scratch (default {WORK.relative_to(ROOT)})",
+    )
+    args = parser.parse_args(argv)
+    build_dir = args.work_dir.resolve() / "build"
+
+    fake = None
+    try:
+        python313 = find_python313()
+        if not shutil.which("make"):
+            raise ToolMissing(
+                "make not found: the layer is built by layers/shared/Makefile (apt-get install make)"
+            )
+        sam = ensure_sam()
+        env = sam_environment(python313)
+        say(f"{sam_version(sam, env)}; python3.13 = {python313}")
+        run_sam(sam, ["validate", "--lint", "--template-file", str(TEMPLATE)], env)
+        say(f"samconfig.toml: parameter_overrides of {check_samconfig()} environments fit the template")
+        shutil.rmtree(build_dir, ignore_errors=True)
+        run_sam(
+            sam, ["build", "--template-file", str(TEMPLATE), "--build-dir", str(build_dir), "--parallel"], env
+        )
+        native = inspect_build(build_dir)
+        say(
+            "build output holds every function, the package, its bytecode, the migrations; native code "
+            f"is aarch64 only ({', '.join(f'{d.name} {d.version}' for d in native) or 'none'})"
+        )
+        if args.build_only:
+            return 0
+        layer = invocation_layer(build_dir, native, python313, args.work_dir.resolve())
+        upstream = args.upstream_url
+        if not upstream:
+            fake = start_fake_upstream()
+            upstream = fake.url
+        options = Options(args.database_url, upstream.rstrip("/"), args.twelve_data_api_key)
+        database = "yes" if args.database_url else "none (bypass mode)"
+        say(f"invoking the built functions in fresh python3.13 -I -S processes; database: {database}")
+        invocations = run_invocations(python313, build_dir, layer, options)
+        say(f"all {len(invocations)} invocations passed")
+        return 0
+    except ToolMissing as exc:
+        print(f"[sam-check] MISSING TOOL: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except CheckFailed as exc:
+        print(f"[sam-check] FAILED: {exc}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        if fake is not None:
+            fake.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

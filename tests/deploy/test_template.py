@@ -1,0 +1,219 @@
+"""template.yaml, events/ and env.json hold together (fast; `sam validate --lint` runs in test_sam_build)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+FUNCTIONS = ("HistoricalFunction", "SymbolsFunction", "BackfillFunction", "MigrateFunction")
+ROUTES = {"HistoricalFunction": "/v1/candles", "SymbolsFunction": "/v1/symbols"}
+API_EVENTS = {
+    "candles.json": "HistoricalFunction",
+    "candles_bad_input.json": "HistoricalFunction",
+    "symbols_crypto.json": "SymbolsFunction",
+    "symbols_forex.json": "SymbolsFunction",
+}
+
+
+class _CfnLoader(yaml.SafeLoader):
+    """Reads CloudFormation short forms (!Ref, !Sub, !If ...) as their long JSON forms."""
+
+
+def _intrinsic(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> dict[str, Any]:
+    if isinstance(node, yaml.ScalarNode):
+        value: Any = loader.construct_scalar(node)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)
+    if suffix == "Ref":
+        return {"Ref": value}
+    if suffix == "GetAtt" and isinstance(value, str):
+        value = value.split(".", 1)
+    if suffix == "Condition":
+        return {"Condition": value}
+    return {f"Fn::{suffix}": value}
+
+
+_CfnLoader.add_multi_constructor("!", _intrinsic)
+
+
+@pytest.fixture(scope="module")
+def template() -> dict[str, Any]:
+    return yaml.load((ROOT / "template.yaml").read_text(), Loader=_CfnLoader)
+
+
+def _walk(node: Any) -> Any:
+    yield node
+    if isinstance(node, dict):
+        for value in node.values():
+            yield from _walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _walk(value)
+
+
+def _statements(template: dict[str, Any]) -> list[dict[str, Any]]:
+    found = []
+    for node in _walk(template["Resources"]):
+        if isinstance(node, dict) and "Effect" in node and "Action" in node:
+            found.append(node)
+    return found
+
+
+def test_runtime_architecture_and_layer(template: dict[str, Any]) -> None:
+    assert template["Transform"] == "AWS::Serverless-2016-10-31"
+    function = template["Globals"]["Function"]
+    assert function["Runtime"] == "python3.13"
+    assert function["Architectures"] == ["arm64"]
+    assert function["Layers"] == [{"Ref": "SharedLayer"}]
+    layer = template["Resources"]["SharedLayer"]
+    assert layer["Properties"]["ContentUri"] == "layers/shared"
+    assert layer["Properties"]["CompatibleRuntimes"] == ["python3.13"]
+    assert layer["Properties"]["CompatibleArchitectures"] == ["arm64"]
+    assert (ROOT / "layers/shared/Makefile").read_text().count("build-SharedLayer:") == 1
+
+
+def test_every_function_has_its_handler_and_log_group(template: dict[str, Any]) -> None:
+    resources = template["Resources"]
+    for logical_id in FUNCTIONS:
+        props = resources[logical_id]["Properties"]
+        source = ROOT / props["CodeUri"] / "app.py"
+        handler = re.compile(r"^(def lambda_handler|lambda_handler\s*=)", re.MULTILINE)
+        assert handler.search(source.read_text()), f"{source} defines no lambda_handler"
+        group = props["LoggingConfig"]["LogGroup"]["Ref"]
+        assert resources[group]["Type"] == "AWS::Logs::LogGroup"
+        assert resources[group]["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+
+
+def test_api_routes_timeouts_throttling_and_cors(template: dict[str, Any]) -> None:
+    resources = template["Resources"]
+    for logical_id, path in ROUTES.items():
+        props = resources[logical_id]["Properties"]
+        # API Gateway gives up after 30 s: the function must answer (or fail) before.
+        assert props["Timeout"] < 30
+        (event,) = props["Events"].values()
+        assert event["Type"] == "HttpApi"
+        assert event["Properties"]["Method"] == "GET"
+        assert event["Properties"]["Path"] == path
+        assert event["Properties"]["ApiId"] == {"Ref": "MarketDataApi"}
+    api = resources["MarketDataApi"]["Properties"]
+    assert api["DefaultRouteSettings"]["ThrottlingBurstLimit"] == {"Ref": "ApiThrottlingBurstLimit"}
+    assert api["DefaultRouteSettings"]["ThrottlingRateLimit"] == {"Ref": "ApiThrottlingRateLimit"}
+    assert "GET" in api["CorsConfiguration"]["AllowMethods"]
+    assert "X-Cache" in api["CorsConfiguration"]["ExposeHeaders"]
+
+
+def test_backfill_schedule_delivers_the_jobs_parameter(template: dict[str, Any]) -> None:
+    props = template["Resources"]["BackfillFunction"]["Properties"]
+    assert props["Timeout"] == 900
+    (event,) = props["Events"].values()
+    assert event["Type"] == "ScheduleV2"
+    assert event["Properties"]["Input"] == {"Ref": "BackfillJobs"}
+    assert event["Properties"]["ScheduleExpression"] == {"Ref": "BackfillSchedule"}
+    default_jobs = json.loads(template["Parameters"]["BackfillJobs"]["Default"])
+    assert default_jobs["jobs"] and all({"symbol", "interval"} <= set(job) for job in default_jobs["jobs"])
+
+
+def test_no_wildcard_actions_and_scoped_resources(template: dict[str, Any]) -> None:
+    statements = _statements(template)
+    actions: set[str] = set()
+    for statement in statements:
+        action = statement["Action"]
+        actions.update([action] if isinstance(action, str) else action)
+    assert actions == {
+        "rds-db:connect", "secretsmanager:GetSecretValue", "ssm:GetParameter", "kms:Decrypt",
+        "logs:CreateLogStream", "logs:PutLogEvents", "sts:AssumeRole",
+    }  # fmt: skip
+    assert not any("*" in action for action in actions)
+    for statement in statements:
+        if statement["Action"] == "sts:AssumeRole":
+            assert statement["Principal"] == {"Service": "lambda.amazonaws.com"}
+            continue
+        resource = statement["Resource"]
+        assert resource != "*" and "*" not in json.dumps(resource), statement
+        if statement["Action"] == "rds-db:connect":
+            assert resource == {
+                "Fn::Sub": "arn:${AWS::Partition}:rds-db:${AWS::Region}:${AWS::AccountId}:dbuser:"
+                "${DbProxyResourceId}/${DbUser}"
+            }
+        if statement["Action"] == "secretsmanager:GetSecretValue":
+            assert resource in ({"Ref": "DbSecretArn"}, {"Ref": "TwelveDataApiKeySecretArn"})
+        if "logs:PutLogEvents" in statement["Action"]:
+            groups = resource if isinstance(resource, list) else [resource]
+            assert all(set(g) == {"Fn::GetAtt"} and g["Fn::GetAtt"][0].endswith("LogGroup") for g in groups)
+        if statement["Action"] == "kms:Decrypt":
+            assert resource == {"Ref": "SecretsKmsKeyArn"}
+            assert "kms:ViaService" in statement["Condition"]["StringEquals"]
+
+
+def test_access_is_granted_only_when_used(template: dict[str, Any]) -> None:
+    conditions = template["Conditions"]
+    resources = template["Resources"]
+    assert resources["DatabaseAccessPolicy"]["Condition"] == "HasDbAccessPolicy"
+    assert resources["TwelveDataKeyPolicy"]["Condition"] == "HasTwelveDataKeyPolicy"
+    statements = resources["DatabaseAccessPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    guarded = {s["Fn::If"][0]: s["Fn::If"][1]["Action"] for s in statements}
+    assert guarded == {"GrantDbConnect": "rds-db:connect", "GrantDbSecret": "secretsmanager:GetSecretValue",
+                       "HasKmsKey": "kms:Decrypt"}  # fmt: skip
+    assert {"Condition": "UseIamAuth"} in conditions["GrantDbConnect"]["Fn::And"]
+    assert {"Condition": "UseSecretAuth"} in conditions["GrantDbSecret"]["Fn::And"]
+    # Functions use the stack's own roles; the migration function's never gets the Twelve Data key.
+    for logical_id in FUNCTIONS:
+        role = resources[logical_id]["Properties"]["Role"]["Fn::GetAtt"][0]
+        assert role == ("MigrateFunctionRole" if logical_id == "MigrateFunction" else "ServiceFunctionRole")
+        assert "Policies" not in resources[logical_id]["Properties"]
+    assert "TwelveDataKeyPolicy" not in json.dumps(resources["MigrateFunctionRole"])
+    assert "TwelveDataKeyPolicy" in json.dumps(resources["ServiceFunctionRole"])
+    # Every managed policy of a role is conditional on the feature that needs it.
+    for role in ("ServiceFunctionRole", "MigrateFunctionRole"):
+        for arn in resources[role]["Properties"]["ManagedPolicyArns"]:
+            assert arn["Fn::If"][2] == {"Ref": "AWS::NoValue"}, arn
+    # VPC settings only when subnets and security groups are given.
+    vpc = template["Globals"]["Function"]["VpcConfig"]["Fn::If"]
+    assert vpc[0] == "HasVpc" and vpc[2] == {"Ref": "AWS::NoValue"}
+
+
+def test_common_environment(template: dict[str, Any]) -> None:
+    variables = template["Globals"]["Function"]["Environment"]["Variables"]
+    for name in (
+        "BINANCE_REST_URL", "TWELVE_DATA_REST_URL", "DB_HOST", "DB_PORT", "DB_NAME", "DB_USER",
+        "DB_SECRET_ARN", "DB_IAM_AUTH", "TWELVE_DATA_API_KEY_SECRET_ARN", "TWELVE_DATA_API_KEY_PARAMETER",
+        "POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE", "LOG_LEVEL",
+    ):  # fmt: skip
+        assert name in variables, name
+    # The secret-only settings are emptied when another mode is chosen (Settings treats "" as unset).
+    assert variables["DB_SECRET_ARN"] == {"Fn::If": ["UseSecretAuth", {"Ref": "DbSecretArn"}, ""]}
+    # Declared for `sam local invoke` only: never a value in a deployed stack.
+    assert variables["TWELVE_DATA_API_KEY"] == "" and variables["DATABASE_URL"] == ""
+
+
+def test_events_match_routes_and_env_json_names_functions(template: dict[str, Any]) -> None:
+    for name, logical_id in API_EVENTS.items():
+        event = json.loads((ROOT / "events" / name).read_text())
+        assert event["version"] == "2.0"
+        assert event["routeKey"] == f"GET {ROUTES[logical_id]}"
+        assert event["rawPath"] == event["requestContext"]["http"]["path"] == ROUTES[logical_id]
+        query = "&".join(f"{k}={v}" for k, v in event["queryStringParameters"].items())
+        assert event["rawQueryString"] == query
+    jobs = json.loads((ROOT / "events" / "backfill_schedule.json").read_text())
+    assert jobs["jobs"] and all({"symbol", "interval"} <= set(job) for job in jobs["jobs"])
+    assert json.loads((ROOT / "events" / "migrate.json").read_text()) == {}
+    env = json.loads((ROOT / "events" / "env.json").read_text())
+    assert set(env) - {"Parameters"} <= set(template["Resources"])
+    assert set(FUNCTIONS) <= set(env)
+    # sam local silently drops variables the template does not declare for the function.
+    declared_globally = set(template["Globals"]["Function"]["Environment"]["Variables"])
+    for section, values in env.items():
+        names = set(values)
+        if section != "Parameters":
+            props = template["Resources"][section]["Properties"]
+            names -= set(props.get("Environment", {}).get("Variables", {}))
+        undeclared = sorted(names - declared_globally)
+        assert not undeclared, f"env.json {section}: {undeclared} are not declared in template.yaml"
