@@ -97,7 +97,10 @@ def cmd_test(args: list[str]) -> int:
 
 def cmd_serve(args: list[str]) -> int:
     ensure_venv()
-    return _run([str(PY), str(ROOT / "scripts" / "local_api.py"), *args])
+    # Replace this process so Ctrl-C reaches the server directly and it can stop the embedded Postgres.
+    os.chdir(ROOT)
+    os.execv(str(PY), [str(PY), str(ROOT / "scripts" / "local_api.py"), *args])
+    return 0  # not reached
 
 
 def main() -> int:

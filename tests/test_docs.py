@@ -1,4 +1,4 @@
-"""The README stays true to the code: every setting documented, CI running exactly the README's test command."""
+"""The README stays true to the code: every setting documented, CI running the README's test command."""
 
 from __future__ import annotations
 

@@ -149,6 +149,7 @@ class FrozenClock:
 def connect(database_url: str) -> Any:
     """A plain autocommit pg8000 connection to database_url (for checks behind the store's back)."""
     import pg8000.native
+
     from marketdata.store import parse_database_url
 
     kwargs = parse_database_url(database_url)

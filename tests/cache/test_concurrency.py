@@ -12,8 +12,8 @@ import multiprocessing
 from typing import Any
 
 import pytest
-from marketdata.intervals import Interval, add_bars, last_closed_open
 
+from marketdata.intervals import Interval, add_bars, last_closed_open
 from tests.cache.service_helpers import NOW, concurrent_request, connect
 
 PROCESSES = 20

@@ -8,12 +8,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+
 from marketdata.errors import InvalidInterval, InvalidRequest, UpstreamRateLimited
 from marketdata.intervals import Interval, add_bars, last_closed_open
 from marketdata.schemas import AssetClass, CacheStatus
 from marketdata.service import MarketDataService
 from marketdata.store import CandleStore
-
 from tests.cache.service_helpers import NOW, Tripwire, connect, real_service, snapshot
 from tests.support.upstream_fixtures import settings_for
 

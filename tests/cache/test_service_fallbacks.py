@@ -8,13 +8,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
 from marketdata.config import Settings
 from marketdata.errors import SymbolNotFound, UpstreamRateLimited, UpstreamUnavailable
 from marketdata.intervals import Interval, add_bars, last_closed_open
 from marketdata.schemas import AssetClass, CacheStatus
 from marketdata.service import MarketDataService
 from marketdata.store import CandleStore
-
 from tests.cache.service_helpers import NOW, DoubleProvider, FrozenClock, connect, snapshot
 
 M1 = Interval.M1

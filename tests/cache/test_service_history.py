@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
 from marketdata.intervals import (
     ALL_INTERVALS,
     Interval,
@@ -17,7 +18,6 @@ from marketdata.intervals import (
 )
 from marketdata.schemas import AssetClass, CacheStatus
 from marketdata.service import MarketDataService
-
 from tests.cache.service_helpers import NOW, DoubleProvider, FrozenClock, connect, is_forex_closed, make_bar
 
 H1 = Interval.H1

@@ -9,11 +9,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
 from marketdata.intervals import ALL_INTERVALS, Interval, add_bars, bar_open, last_closed_open
 from marketdata.schemas import CacheStatus, Candle
 from marketdata.service import MarketDataService
 from marketdata.store import CandleStore
-
 from tests.cache.service_helpers import NOW, connect, real_service
 from tests.support.upstream_fixtures import settings_for
 
@@ -134,20 +134,11 @@ def test_five_thousand_bars_from_a_start(service, fake) -> None:
 @pytest.fixture
 def fresh_process_defaults() -> Iterator[None]:
     """Forget the process-wide settings, store, providers and service before and after the test."""
-    from marketdata import service as service_module
-    from marketdata.config import get_settings
-    from marketdata.providers import reset_providers
-    from marketdata.store import reset_default_store
+    from marketdata.service import reset_service
 
-    def reset() -> None:
-        service_module.get_service.cache_clear()
-        reset_default_store()
-        reset_providers()
-        get_settings.cache_clear()
-
-    reset()
+    reset_service()
     yield
-    reset()
+    reset_service()
 
 
 def test_get_service_is_built_once_from_the_environment(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import calendar
 import time
-from enum import Enum
+from enum import StrEnum
 
 from marketdata.errors import InvalidInterval
 
@@ -23,7 +23,7 @@ _WEEK = 7 * _DAY
 _FIRST_MONDAY = 4 * _DAY
 
 
-class Interval(str, Enum):
+class Interval(StrEnum):
     """An app interval. The value is the name the API accepts (case matters: 1m minute, 1M month)."""
 
     M1 = "1m"
@@ -53,9 +53,6 @@ class Interval(str, Enum):
     def nominal_seconds(self) -> int:
         """Width for estimates (cache lifetimes, window sizing); 31 days for a month."""
         return _WIDTH.get(self, 31 * _DAY)
-
-    def __str__(self) -> str:
-        return self.value
 
 
 _BINANCE = {

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -30,7 +30,7 @@ _FOREX_SYMBOL = re.compile(r"^[A-Z]{2,10}/[A-Z]{2,10}$")
 
 @dataclass(frozen=True, slots=True)
 class Candle:
-    """One OHLCV bar. `time` is the bar's open time in Unix seconds (UTC); volume is 0 where the provider has none."""
+    """One OHLCV bar: `time` is the open time in Unix seconds (UTC); volume is 0 where a provider has none."""
 
     time: int
     open: float
@@ -40,12 +40,9 @@ class Candle:
     volume: float = 0.0
 
 
-class AssetClass(str, Enum):
+class AssetClass(StrEnum):
     CRYPTO = "crypto"
     FOREX = "forex"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 def detect_asset_class(symbol: str) -> AssetClass:
@@ -65,12 +62,16 @@ def normalize_symbol(symbol: object) -> str:
     pattern = _FOREX_SYMBOL if "/" in text else _CRYPTO_SYMBOL
     if not pattern.fullmatch(text):
         shown = text if len(text) <= 32 else text[:32] + "..."
-        kind = "a forex pair like EUR/USD" if "/" in text else "a crypto pair like BTCUSDT (letters, digits, - _ .)"
+        kind = (
+            "a forex pair like EUR/USD"
+            if "/" in text
+            else "a crypto pair like BTCUSDT (letters, digits, - _ .)"
+        )
         raise InvalidRequest(f"invalid symbol {shown!r}: expected {kind}", param="symbol")
     return text
 
 
-class CacheStatus(str, Enum):
+class CacheStatus(StrEnum):
     """How an answer was produced; sent as the X-Cache header.
 
     hit: entirely from the cache, no provider call. miss: the cache was filled from the provider first.
@@ -83,9 +84,6 @@ class CacheStatus(str, Enum):
     PARTIAL = "partial"
     BYPASS = "bypass"
 
-    def __str__(self) -> str:
-        return self.value
-
 
 # --- requests ----------------------------------------------------------------------------------
 
@@ -97,9 +95,13 @@ class HistoryQuery(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    symbol: str = Field(description="BTCUSDT (crypto, Binance) or EUR/USD (forex, Twelve Data)", examples=["BTCUSDT"])
+    symbol: str = Field(
+        description="BTCUSDT (crypto, Binance) or EUR/USD (forex, Twelve Data)", examples=["BTCUSDT"]
+    )
     interval: Interval = Field(description="1m 5m 15m 30m 1H 4H 1D 1W 1M (case matters: 1m minute, 1M month)")
-    start: UnixSeconds | None = Field(default=None, description="first bar open time to include (Unix seconds)")
+    start: UnixSeconds | None = Field(
+        default=None, description="first bar open time to include (Unix seconds)"
+    )
     end: UnixSeconds | None = Field(default=None, description="last bar open time to include (Unix seconds)")
     limit: int = Field(default=DEFAULT_LIMIT, ge=1, le=MAX_LIMIT, description="maximum number of candles")
     include_open: bool = Field(default=False, description="append the still-open bar (never cached)")
@@ -142,7 +144,9 @@ class HistoryResponse(BaseModel):
     asset_class: AssetClass
     provider: Literal["binance", "twelve_data"]
     candles: list[Candle]
-    next_start: int | None = Field(description="pass as start to get the next page; null when nothing remains")
+    next_start: int | None = Field(
+        description="pass as start to get the next page; null when nothing remains"
+    )
 
 
 class SymbolsResponse(BaseModel):
@@ -157,4 +161,3 @@ class ErrorResponse(BaseModel):
 
     message: str
     param: str | None = None
-

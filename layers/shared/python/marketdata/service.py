@@ -160,6 +160,12 @@ def _covered_run_end(covered: list[tuple[int, int]], start: int) -> int | None:
     return None
 
 
+def _select(bars: Mapping[int, Candle], lo: int, hi: int, limit: int, newest: bool) -> list[Candle]:
+    """The first (or, newest=True, the last) `limit` bars of [lo, hi], ascending."""
+    selected = [bars[t] for t in sorted(bars) if lo <= t <= hi]
+    return selected[-limit:] if newest else selected[:limit]
+
+
 class _Counters:
     """Provider calls and rows written for one answer (or one fill)."""
 
@@ -225,8 +231,7 @@ class _LiveSource:
             self.bars[candle.time] = candle
 
     def read(self, lo: int, hi: int, limit: int, newest: bool) -> list[Candle]:
-        selected = [self.bars[t] for t in sorted(self.bars) if lo <= t <= hi]
-        return selected[-limit:] if newest else selected[:limit]
+        return _select(self.bars, lo, hi, limit, newest)
 
 
 class _CacheSource:
@@ -249,7 +254,7 @@ class _CacheSource:
         self.counters = counters
         self.failure: MarketDataError | None = None
         # Bars fetched live because the single-flight wait timed out: served, not stored.
-        self.overlay: dict[int, Candle] = {}
+        self.overlay = _LiveSource(provider, symbol, interval, counters)
         self.lock_busy = False
 
     def ensure(self, lo: int, hi: int) -> None:
@@ -291,25 +296,16 @@ class _CacheSource:
     def _fetch_live(self, lo: int, hi: int) -> None:
         if self.failure is not None:
             return
-        try:
-            result = self.provider.fetch_candles(self.symbol, self.interval, lo, hi)
-        except UpstreamError as exc:
-            self.counters.calls += 1
-            self.failure = exc
-            return
-        self.counters.calls += max(result.pages, 1)
-        for candle in result.candles:
-            self.overlay[candle.time] = candle
+        self.overlay.ensure(lo, hi)
+        self.failure = self.overlay.failure
 
     def read(self, lo: int, hi: int, limit: int, newest: bool) -> list[Candle]:
-        if not self.overlay:
+        if not self.overlay.bars:
             return self.store.read_candles(self.symbol, self.interval, lo, hi, limit=limit, newest=newest)
         merged = {c.time: c for c in self.store.read_candles(self.symbol, self.interval, lo, hi)}
-        for t, candle in self.overlay.items():
-            if lo <= t <= hi:
-                merged.setdefault(t, candle)
-        selected = [merged[t] for t in sorted(merged)]
-        return selected[-limit:] if newest else selected[:limit]
+        for t, candle in self.overlay.bars.items():
+            merged.setdefault(t, candle)
+        return _select(merged, lo, hi, limit, newest)
 
 
 # --- the service -------------------------------------------------------------------------------------
@@ -738,6 +734,18 @@ def get_service() -> MarketDataService:
             "cache database not usable; every answer will come from the providers", extra={"error": str(exc)}
         )
     return MarketDataService(store, _LazyProviders(settings), settings)
+
+
+def reset_service() -> None:
+    """Close and forget every process-wide object: the service, its store connection, the provider
+    clients and the settings. What a new Lambda execution environment starts from (tests, local tools)."""
+    from marketdata.providers import reset_providers
+    from marketdata.store import reset_default_store
+
+    get_service.cache_clear()
+    reset_default_store()
+    reset_providers()
+    get_settings.cache_clear()
 
 
 def get_historical_candles(

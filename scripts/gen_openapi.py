@@ -1,0 +1,147 @@
+#!/usr/bin/env python3
+"""Generate openapi.json (repository root) from the two functions' routes.
+
+    python scripts/gen_openapi.py           write openapi.json
+    python scripts/gen_openapi.py --check   exit 1, with a diff hint, when the committed file is stale (CI)
+
+Each function has its own Powertools resolver (one Lambda each); their OpenAPI documents are merged
+into one. Powertools documents a 422 "Validation Error" for every validated route; this service maps
+validation errors to 400 with the common ErrorResponse body instead (marketdata.http), so the 422 and
+the schemas nothing references any more are dropped from the merged document.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+OPENAPI_PATH = ROOT / "openapi.json"
+FUNCTIONS = {
+    "historical": ROOT / "functions" / "historical" / "app.py",
+    "symbols": ROOT / "functions" / "symbols" / "app.py",
+}
+
+TITLE = "Market data API"
+VERSION = "1.0.0"
+DESCRIPTION = (
+    "Historical OHLCV candles and symbol lists for crypto (Binance) and forex (Twelve Data), served "
+    "cache-first from Postgres. Times are Unix seconds, UTC; a candle's `time` is its open time. Errors are "
+    "JSON `{message, param}`. Answers about the closed past may be cached for a day; answers reaching the "
+    "present only briefly (see Cache-Control); `X-Cache` tells how an answer was produced."
+)
+
+
+def load_function_module(name: str, path: Path | None = None) -> ModuleType:
+    """Import functions/<name>/app.py under a unique module name (both files are called app.py)."""
+    module_name = f"marketdata_function_{name}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, path or FUNCTIONS[name])
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path or FUNCTIONS[name]}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def build_openapi() -> dict[str, Any]:
+    """The merged OpenAPI document of both functions."""
+    merged: dict[str, Any] = {}
+    for name in FUNCTIONS:
+        app = load_function_module(name).app
+        doc = json.loads(app.get_openapi_json_schema(title=TITLE, version=VERSION, description=DESCRIPTION))
+        if not merged:
+            merged = doc
+            continue
+        for path, item in doc.get("paths", {}).items():
+            if path in merged["paths"]:
+                raise ValueError(f"two functions declare {path}")
+            merged["paths"][path] = item
+        schemas = merged.setdefault("components", {}).setdefault("schemas", {})
+        for schema_name, schema in doc.get("components", {}).get("schemas", {}).items():
+            if schema_name in schemas and schemas[schema_name] != schema:
+                raise ValueError(f"the functions define the schema {schema_name} differently")
+            schemas[schema_name] = schema
+    for item in merged["paths"].values():
+        for operation in item.values():
+            operation.get("responses", {}).pop("422", None)
+    schemas = merged.get("components", {}).get("schemas", {})
+    used = _referenced_schemas(merged["paths"], schemas)
+    merged["paths"] = dict(sorted(merged["paths"].items()))
+    merged["components"]["schemas"] = {name: schemas[name] for name in sorted(used)}
+    return merged
+
+
+def _referenced_schemas(paths: dict[str, Any], schemas: dict[str, Any]) -> set[str]:
+    """Names of the component schemas reachable from the paths (Powertools adds a few nothing uses)."""
+    prefix = "#/components/schemas/"
+    used: set[str] = set()
+    pending: list[Any] = [paths]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith(prefix) and ref[len(prefix) :] not in used:
+                name = ref[len(prefix) :]
+                used.add(name)
+                pending.append(schemas.get(name, {}))
+            pending.extend(node.values())
+        elif isinstance(node, list):
+            pending.extend(node)
+    return used
+
+
+def render(doc: dict[str, Any]) -> str:
+    return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+
+
+def check(path: Path = OPENAPI_PATH) -> tuple[bool, str]:
+    """(up to date?, a unified diff of committed -> generated when not)."""
+    wanted = render(build_openapi())
+    current = path.read_text(encoding="utf-8") if path.exists() else ""
+    if current == wanted:
+        return True, ""
+    diff = difflib.unified_diff(
+        current.splitlines(keepends=True),
+        wanted.splitlines(keepends=True),
+        fromfile=f"{path.name} (committed)",
+        tofile=f"{path.name} (generated from the code)",
+        n=2,
+    )
+    return False, "".join(diff)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="fail when openapi.json differs from the code")
+    parser.add_argument(
+        "--output", type=Path, default=OPENAPI_PATH, help="where to write (default: openapi.json)"
+    )
+    args = parser.parse_args(argv)
+    if args.check:
+        ok, diff = check(args.output)
+        if ok:
+            print(f"{args.output.name} is up to date")
+            return 0
+        lines = diff.splitlines()
+        print("\n".join(lines[:80]) + ("\n..." if len(lines) > 80 else ""))
+        print(
+            f"\n{args.output.name} is stale: run `python scripts/gen_openapi.py` and commit the result",
+            file=sys.stderr,
+        )
+        return 1
+    args.output.write_text(render(build_openapi()), encoding="utf-8")
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
