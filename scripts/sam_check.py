@@ -696,6 +696,8 @@ def function_env(options: Options, layer: Path) -> dict[str, dict[str, str]]:
         "POWERTOOLS_METRICS_NAMESPACE": "MarketData",
         "LOG_LEVEL": "INFO",
         "HTTP_READ_TIMEOUT": "5",
+        # The fake's bars are final the instant they close; a grace would only shift the compared range.
+        "BINANCE_CLOSE_GRACE_SECONDS": "0",
     }
     if options.database_url:
         common["DATABASE_URL"] = options.database_url

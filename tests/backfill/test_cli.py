@@ -41,6 +41,7 @@ def _env(fake: FakeUpstream, database_url: str | None) -> dict[str, str]:
         TWELVE_DATA_REST_URL=fake.url,
         TWELVE_DATA_API_KEY=TEST_TWELVE_DATA_API_KEY,
         UPSTREAM_RETRY_BUDGET_SECONDS="1",
+        BINANCE_CLOSE_GRACE_SECONDS="0",  # the fake's bars are final the instant they close
         PYTHONUNBUFFERED="1",
     )
     if database_url is not None:

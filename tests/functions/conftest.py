@@ -59,6 +59,7 @@ def service_env_vars(database_url: str, fake: FakeUpstream) -> dict[str, str]:
         "HTTP_READ_TIMEOUT": "1",
         "UPSTREAM_RETRY_BUDGET_SECONDS": "2",
         "UPSTREAM_MAX_ATTEMPTS": "3",
+        "BINANCE_CLOSE_GRACE_SECONDS": "0",  # the fake's bars are final the instant they close
     }
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
+from marketdata.config import Settings
 from marketdata.errors import (
     InvalidRequest,
     SymbolNotFound,
@@ -33,6 +34,7 @@ from tests.providers.helpers import (
 )
 
 Make = Callable[..., tuple[BinanceClient, Recorder]]
+GRACE = Settings.from_env({}).binance_close_grace_seconds
 
 
 # --- real payloads ----------------------------------------------------------------------------
@@ -88,12 +90,25 @@ def test_testnet_daily_sample_splits_off_the_open_last_bar(binance: Make, fake_t
 def test_testnet_daily_sample_with_the_day_over_has_no_open_bar(binance: Make, fake_time: FakeTime) -> None:
     rows = sample_json("binance_testnet_klines_BTCUSDT_1d.json")
     last_open = rows[-1][0] // 1000
-    fake_time.now = last_open + 86400  # exactly when the last day closes
+    # The last day closed and the default grace after its close has passed.
+    fake_time.now = last_open + 86400 + GRACE
     client, _ = binance(Recorder(raw_response(sample_bytes("binance_testnet_klines_BTCUSDT_1d.json"))))
     result = client.fetch_klines("BTCUSDT", Interval.D1, rows[0][0] // 1000, last_open)
     assert result.open_bar is None
     assert result.candles[-1].time == last_open
     assert len(result.candles) == 4
+
+
+def test_a_bar_read_right_after_its_close_is_not_final_yet(binance: Make, fake_time: FakeTime) -> None:
+    """Within the grace after the close, Binance may not have folded the last trades in: never stored."""
+    rows = sample_json("binance_testnet_klines_BTCUSDT_1d.json")
+    last_open = rows[-1][0] // 1000
+    fake_time.now = last_open + 86400 + GRACE / 2
+    client, _ = binance(Recorder(raw_response(sample_bytes("binance_testnet_klines_BTCUSDT_1d.json"))))
+    result = client.fetch_klines("BTCUSDT", Interval.D1, rows[0][0] // 1000, last_open)
+    assert result.open_bar is not None and result.open_bar.time == last_open
+    assert [c.time for c in result.candles] == [r[0] // 1000 for r in rows[:-1]]
+    assert result.covered and result.covered[-1][1] < last_open
 
 
 def test_exchange_info_sample(binance: Make) -> None:

@@ -42,6 +42,8 @@ def settings_for(fake: FakeUpstream, **overrides: Any) -> Settings:
         "HTTP_READ_TIMEOUT": 1.0,
         "UPSTREAM_RETRY_BUDGET_SECONDS": 2.0,
         "UPSTREAM_MAX_ATTEMPTS": 3,
+        # The fake's bars are final the instant they close; a grace would only move the tests' boundaries.
+        "BINANCE_CLOSE_GRACE_SECONDS": 0.0,
     }
     env.update(overrides)
     return Settings.model_validate(env)

@@ -39,6 +39,11 @@ class Settings(BaseModel):
     http_read_timeout: float = Field(10.0, gt=0, validation_alias="HTTP_READ_TIMEOUT")
     upstream_retry_budget_seconds: float = Field(8.0, ge=0, validation_alias="UPSTREAM_RETRY_BUDGET_SECONDS")
     upstream_max_attempts: int = Field(4, ge=1, le=10, validation_alias="UPSTREAM_MAX_ATTEMPTS")
+    # A Binance kline read in the first moments after its close may not hold the last trades yet: it counts
+    # as still open (never stored) until this long after its close, so no cached bar is ever a draft.
+    binance_close_grace_seconds: float = Field(
+        2.0, ge=0, le=60, validation_alias="BINANCE_CLOSE_GRACE_SECONDS"
+    )
     # Binance allows 6000 request weight per minute per IP; stop before this share of it is used.
     binance_weight_limit: int = Field(6000, gt=0, validation_alias="BINANCE_WEIGHT_LIMIT")
     binance_weight_safety_share: float = Field(

@@ -128,7 +128,8 @@ class BinanceClient:
         A page shorter than 1000 rows, or one whose last open time reaches the range end, is the last.
         """
         interval = parse_interval(interval)
-        plan = plan_range(interval, start, end, self._clock())
+        # A bar within BINANCE_CLOSE_GRACE_SECONDS of its close may still be a draft: treated as open.
+        plan = plan_range(interval, start, end, self._clock() - self._settings.binance_close_grace_seconds)
         if plan is None:
             return
         page_start = plan.first
