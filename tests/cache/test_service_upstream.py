@@ -170,3 +170,37 @@ def test_get_service_with_an_unreachable_database_still_answers(
     result = default.get_historical_candles("BTCUSDT", "1D", limit=3)
     assert result.cache is CacheStatus.BYPASS and len(result.candles) == 3
     assert service_module.get_symbols("crypto").cache is CacheStatus.BYPASS
+
+
+def _first_bar_time(fake, interval: Interval) -> int:
+    # The fake lists BTCUSDT in August 2017; searching that month keeps the truth cheap for 1m bars.
+    return fake.expected_bars("BTCUSDT", interval, 1501545600, 1504224000)[0].time
+
+
+@pytest.mark.parametrize("interval", [Interval.D1, Interval.M1], ids=str)
+def test_a_start_before_the_listing_finds_the_first_bars_in_one_probe(service, fake, interval) -> None:
+    """start=0 asks for "the first bars": one page from the empty window finds the listing instead of
+    answering empty pages whose cursor crawls through the decades before it."""
+    listing = _first_bar_time(fake, interval)
+    first = service.get_historical_candles("BTCUSDT", interval, start=0, limit=3)
+    truth = fake.expected_candles("BTCUSDT", interval, listing, add_bars(interval, listing, 3))
+    assert first.candles == truth[:3]
+    assert first.next_start == truth[3].time
+    assert first.cache is CacheStatus.MISS
+    assert fake.count(KLINES) == 2  # the empty window at 1970, then one page from there on
+
+    again = service.get_historical_candles("BTCUSDT", interval, start=0, limit=3)
+    assert again.candles == first.candles and again.next_start == first.next_start
+    assert again.cache is CacheStatus.HIT and fake.count(KLINES) == 2
+
+
+def test_a_start_before_the_listing_without_a_database_still_finds_the_first_bars(fake) -> None:
+    settings = settings_for(fake)
+    svc = real_service(settings, None, fake.clock)
+    listing = _first_bar_time(fake, Interval.D1)
+    result = svc.get_historical_candles("BTCUSDT", "1D", start=0, limit=2)
+    assert result.cache is CacheStatus.BYPASS
+    assert result.candles == fake.expected_candles(
+        "BTCUSDT", "1D", listing, add_bars(Interval.D1, listing, 1)
+    )
+    assert fake.count(KLINES) == 2

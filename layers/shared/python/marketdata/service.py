@@ -201,6 +201,8 @@ class _Source(Protocol):
 
     def ensure(self, lo: int, hi: int) -> None: ...
 
+    def probe(self, lo: int, hi: int) -> int | None: ...
+
     def read(self, lo: int, hi: int, limit: int, newest: bool) -> list[Candle]: ...
 
 
@@ -232,6 +234,21 @@ class _LiveSource:
 
     def read(self, lo: int, hi: int, limit: int, newest: bool) -> list[Candle]:
         return _select(self.bars, lo, hi, limit, newest)
+
+    def probe(self, lo: int, hi: int) -> int | None:
+        """One provider page from lo; the open time up to which [lo, ...] is now known, else None."""
+        if self.failure is not None:
+            return None
+        try:
+            page = _first_page(self.provider, self.symbol, self.interval, lo, hi, self.counters)
+        except UpstreamError as exc:
+            self.failure = exc
+            return None
+        if page is None:
+            return None
+        for candle in page.candles:
+            self.bars[candle.time] = candle
+        return page.end
 
 
 class _CacheSource:
@@ -292,6 +309,39 @@ class _CacheSource:
                 still = self.store.read_coverage(self.symbol, self.interval, gap_start, gap_end)
                 for lo_missing, hi_missing in _gaps(self.interval, gap_start, gap_end, still):
                     self._fetch_live(lo_missing, hi_missing)
+
+    def probe(self, lo: int, hi: int) -> int | None:
+        """Make [lo, ...] known with at most one provider page (none when coverage already starts at lo).
+
+        Returns the end of the covered run starting at lo, or None when nothing became known.
+        """
+        if self.failure is not None:
+            return None
+        if not self.lock_busy:
+            known = _covered_run_end(self.store.read_coverage(self.symbol, self.interval, lo, hi), lo)
+            if known is not None:
+                return known
+            try:
+                self.service._fill_range(
+                    self.store,
+                    self.provider,
+                    self.symbol,
+                    self.interval,
+                    lo,
+                    hi,
+                    self.counters,
+                    max_pages=self.counters.pages + 1,
+                )
+            except UpstreamError as exc:
+                self.failure = exc
+                return None
+            except SingleFlightTimeout:
+                self.lock_busy = True
+            else:
+                return _covered_run_end(self.store.read_coverage(self.symbol, self.interval, lo, hi), lo)
+        known = self.overlay.probe(lo, hi)
+        self.failure = self.overlay.failure
+        return known
 
     def _fetch_live(self, lo: int, hi: int) -> None:
         if self.failure is not None:
@@ -479,9 +529,18 @@ class MarketDataService:
             if forward:
                 if hi >= hi_bound:
                     break
-                new_hi = min(hi_bound, add_bars(interval, hi, extra))
-                source.ensure(next_open(interval, hi), new_hi)
-                hi = new_hi
+                if not bars:
+                    # Nothing yet (a start before the listing, a long halt): one provider page from here
+                    # finds where the data starts (Binance answers with the oldest bars at or after
+                    # startTime), instead of crawling window by window.
+                    known = source.probe(next_open(interval, hi), hi_bound)
+                    if known is None or known <= hi:
+                        break
+                    hi = min(hi_bound, known)
+                else:
+                    new_hi = min(hi_bound, add_bars(interval, hi, extra))
+                    source.ensure(next_open(interval, hi), new_hi)
+                    hi = new_hi
             else:
                 if lo <= lo_bound:
                     break
