@@ -60,10 +60,9 @@ from marketdata.intervals import (
     count_bars,
     first_open_at_or_after,
     last_closed_open,
-    parse_interval,
 )
 from marketdata.providers.base import FetchResult, MarketDataProvider, Page, merge_pages
-from marketdata.schemas import AssetClass, normalize_symbol
+from marketdata.schemas import AssetClass, IntervalField, SymbolField
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -144,25 +143,9 @@ class BackfillJob(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    symbol: str
-    interval: Interval
+    symbol: SymbolField
+    interval: IntervalField
     since: int | None = None
-
-    @field_validator("symbol", mode="before")
-    @classmethod
-    def _symbol(cls, value: object) -> str:
-        try:
-            return normalize_symbol(value)
-        except InvalidRequest as exc:
-            raise ValueError(exc.message) from None
-
-    @field_validator("interval", mode="before")
-    @classmethod
-    def _interval(cls, value: object) -> Interval:
-        try:
-            return parse_interval(value)
-        except InvalidRequest as exc:
-            raise ValueError(exc.message) from None
 
     @field_validator("since", mode="before")
     @classmethod

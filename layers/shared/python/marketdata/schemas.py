@@ -9,14 +9,15 @@ checked by `marketdata.providers.base.validate_bar` before they become Candles.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from marketdata.errors import InvalidRequest
-from marketdata.intervals import Interval
+from marketdata.intervals import Interval, parse_interval
 
 MAX_LIMIT = 5000
 DEFAULT_LIMIT = 500
@@ -87,6 +88,25 @@ class CacheStatus(StrEnum):
 
 # --- requests ----------------------------------------------------------------------------------
 
+
+def _domain_check(parse: Callable[[object], Any]) -> BeforeValidator:
+    """A pydantic validator running one of the domain parsers, so every model accepts and rejects
+    exactly what the service does, with the same message."""
+
+    def check(value: object) -> Any:
+        try:
+            return parse(value)
+        except InvalidRequest as exc:
+            raise ValueError(exc.message) from None
+
+    return BeforeValidator(check)
+
+
+#: A symbol, normalized by normalize_symbol (upper case, pattern-checked).
+SymbolField = Annotated[str, _domain_check(normalize_symbol)]
+#: An app interval, parsed by intervals.parse_interval (with its "did you mean" hints).
+IntervalField = Annotated[Interval, _domain_check(parse_interval)]
+
 UnixSeconds = Annotated[int, Field(ge=0, le=32503680000, description="Unix seconds, UTC")]
 
 
@@ -95,24 +115,18 @@ class HistoryQuery(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    symbol: str = Field(
+    symbol: SymbolField = Field(
         description="BTCUSDT (crypto, Binance) or EUR/USD (forex, Twelve Data)", examples=["BTCUSDT"]
     )
-    interval: Interval = Field(description="1m 5m 15m 30m 1H 4H 1D 1W 1M (case matters: 1m minute, 1M month)")
+    interval: IntervalField = Field(
+        description="1m 5m 15m 30m 1H 4H 1D 1W 1M (case matters: 1m minute, 1M month)"
+    )
     start: UnixSeconds | None = Field(
         default=None, description="first bar open time to include (Unix seconds)"
     )
     end: UnixSeconds | None = Field(default=None, description="last bar open time to include (Unix seconds)")
     limit: int = Field(default=DEFAULT_LIMIT, ge=1, le=MAX_LIMIT, description="maximum number of candles")
     include_open: bool = Field(default=False, description="append the still-open bar (never cached)")
-
-    @field_validator("symbol", mode="before")
-    @classmethod
-    def _symbol(cls, value: object) -> str:
-        try:
-            return normalize_symbol(value)
-        except InvalidRequest as exc:
-            raise ValueError(exc.message) from None
 
     @model_validator(mode="after")
     def _range(self) -> HistoryQuery:
