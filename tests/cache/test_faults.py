@@ -29,13 +29,6 @@ def fake(fake_upstream):
 
 
 @pytest.fixture
-def raw_conn(database_url: str) -> Iterator[Any]:
-    conn = connect(database_url)
-    yield conn
-    conn.close()
-
-
-@pytest.fixture
 def stack(fake, database_url) -> Iterator[tuple[MarketDataService, CandleStore]]:
     settings = settings_for(fake, DATABASE_URL=database_url)
     store = CandleStore(settings)

@@ -4,8 +4,6 @@ fill_gaps, with the provider double against the real store and Postgres."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
@@ -15,23 +13,11 @@ from marketdata.intervals import Interval, add_bars, last_closed_open
 from marketdata.schemas import AssetClass, CacheStatus
 from marketdata.service import MarketDataService
 from marketdata.store import CandleStore
-from tests.cache.service_helpers import NOW, DoubleProvider, FrozenClock, connect, snapshot
+from tests.cache.service_helpers import NOW, DoubleProvider, FrozenClock, snapshot
 
 M1 = Interval.M1
 H1 = Interval.H1
 START = add_bars(M1, last_closed_open(M1, NOW), -9999)
-
-
-@pytest.fixture
-def raw_conn(database_url: str) -> Iterator[Any]:
-    conn = connect(database_url)
-    yield conn
-    conn.close()
-
-
-@pytest.fixture
-def clock() -> FrozenClock:
-    return FrozenClock()
 
 
 @pytest.fixture

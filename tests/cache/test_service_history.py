@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import calendar
-from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
@@ -18,7 +16,7 @@ from marketdata.intervals import (
 )
 from marketdata.schemas import AssetClass, CacheStatus
 from marketdata.service import MarketDataService
-from tests.cache.service_helpers import NOW, DoubleProvider, FrozenClock, connect, is_forex_closed, make_bar
+from tests.cache.service_helpers import NOW, DoubleProvider, FrozenClock, is_forex_closed, make_bar
 
 H1 = Interval.H1
 LAST_H1 = last_closed_open(H1, NOW)
@@ -26,18 +24,6 @@ LAST_H1 = last_closed_open(H1, NOW)
 
 def ts(*parts: int) -> int:
     return calendar.timegm((*parts, 0, 0, 0)[:6])
-
-
-@pytest.fixture
-def raw_conn(database_url: str) -> Iterator[Any]:
-    conn = connect(database_url)
-    yield conn
-    conn.close()
-
-
-@pytest.fixture
-def clock() -> FrozenClock:
-    return FrozenClock()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ Provider requests are counted where they arrive (the fake upstream), not by the 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
@@ -14,7 +13,7 @@ from marketdata.intervals import ALL_INTERVALS, Interval, add_bars, bar_open, la
 from marketdata.schemas import CacheStatus, Candle
 from marketdata.service import MarketDataService
 from marketdata.store import CandleStore
-from tests.cache.service_helpers import NOW, connect, real_service
+from tests.cache.service_helpers import NOW, real_service
 from tests.support.upstream_fixtures import settings_for
 
 KLINES = "/api/v3/klines"
@@ -38,13 +37,6 @@ def service(fake, database_url) -> Iterator[MarketDataService]:
     store.close()
     for provider in svc.providers.values():
         provider.close()
-
-
-@pytest.fixture
-def raw_conn(database_url: str) -> Iterator[Any]:
-    conn = connect(database_url)
-    yield conn
-    conn.close()
 
 
 def test_repeat_request_makes_no_upstream_request(service, fake) -> None:
