@@ -13,6 +13,7 @@ from marketdata.intervals import Interval
 from marketdata.providers.base import Page
 from marketdata.schemas import Candle
 from marketdata.store import CandleStore
+from tests.cache.store_helpers import coverage_seen_by_a_waiter
 
 pytestmark = pytest.mark.pgbouncer
 
@@ -73,24 +74,7 @@ def test_fill_lock_holds_across_two_pooled_connections(pooled: CandleStore, pool
 
 
 def test_waiter_through_pgbouncer_sees_the_holders_rows(pooled: CandleStore, pooled2: CandleStore) -> None:
-    holder_has_lock = threading.Event()
-    seen: list[object] = []
-
-    def waiter() -> None:
-        try:
-            holder_has_lock.wait(10)
-            with pooled2.fill_transaction("BTCUSDT", "1m", wait_seconds=30) as tx:
-                seen.append(tx.read_coverage(0, 10**10))
-        except BaseException as exc:
-            seen.append(exc)
-
-    thread = threading.Thread(target=waiter)
-    thread.start()
-    with pooled.fill_transaction("BTCUSDT", "1m", wait_seconds=1) as tx:
-        holder_has_lock.set()
-        tx.store_page("binance", Page(T0, T0 + 9 * M, bars(10)))
-        threading.Event().wait(0.3)  # let the waiter poll a few times (the outcome does not depend on it)
-    thread.join(30)
+    seen = coverage_seen_by_a_waiter(pooled, pooled2, Page(T0, T0 + 9 * M, bars(10)))
     assert seen == [[(T0, T0 + 9 * M)]]
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 
 import pytest
@@ -13,6 +12,7 @@ from marketdata.intervals import Interval, add_bars, next_open
 from marketdata.providers.base import Page
 from marketdata.schemas import AssetClass, Candle
 from marketdata.store import CandleStore, lock_key
+from tests.cache.store_helpers import coverage_seen_by_a_waiter
 
 T0 = 1_699_999_200  # 2023-11-14 22:00 UTC: aligned to every fixed interval up to 1H
 M = 60
@@ -270,27 +270,7 @@ def test_lock_is_exclusive_per_series_and_times_out(store: CandleStore, other_st
 def test_waiter_gets_the_lock_after_the_holder_commits_and_sees_its_rows(
     store: CandleStore, other_store: CandleStore
 ) -> None:
-    holder_has_lock = threading.Event()
-    release = threading.Event()
-    seen: list[list[tuple[int, int]]] = []
-    errors: list[BaseException] = []
-
-    def waiter() -> None:
-        try:
-            holder_has_lock.wait(10)
-            with other_store.fill_transaction("BTCUSDT", "1m", wait_seconds=30) as tx:
-                seen.append(tx.read_coverage(0, 10**10))
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=waiter)
-    thread.start()
-    with store.fill_transaction("BTCUSDT", "1m", wait_seconds=1) as tx:
-        holder_has_lock.set()
-        tx.store_page("binance", Page(T0, T0 + 9 * M, bars(10)))
-        release.wait(0.3)  # give the waiter time to start polling (correctness does not depend on it)
-    thread.join(30)
-    assert errors == []
+    seen = coverage_seen_by_a_waiter(store, other_store, Page(T0, T0 + 9 * M, bars(10)))
     assert seen == [[(T0, T0 + 9 * M)]]
 
 
