@@ -27,7 +27,7 @@ from marketdata.backfill import (
 from marketdata.intervals import Interval, first_open_at_or_after, last_closed_open
 from marketdata.store import CandleStore
 from tests.support.fake_upstream import FakeUpstream
-from tests.support.upstream_fixtures import TEST_TWELVE_DATA_API_KEY
+from tests.support.upstream_fixtures import upstream_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,14 +36,7 @@ def _env(fake: FakeUpstream, database_url: str | None) -> dict[str, str]:
     env = {
         k: v for k, v in os.environ.items() if not k.startswith(("DB_", "DATABASE_", "TWELVE_", "BINANCE_"))
     }
-    env.update(
-        BINANCE_REST_URL=fake.url,
-        TWELVE_DATA_REST_URL=fake.url,
-        TWELVE_DATA_API_KEY=TEST_TWELVE_DATA_API_KEY,
-        UPSTREAM_RETRY_BUDGET_SECONDS="1",
-        BINANCE_CLOSE_GRACE_SECONDS="0",  # the fake's bars are final the instant they close
-        PYTHONUNBUFFERED="1",
-    )
+    env.update(upstream_env(fake), UPSTREAM_RETRY_BUDGET_SECONDS="1", PYTHONUNBUFFERED="1")
     if database_url is not None:
         env["DATABASE_URL"] = database_url
     return env

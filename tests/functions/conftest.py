@@ -16,7 +16,7 @@ import pytest
 from scripts.gen_openapi import load_function_module
 from scripts.local_api import ROUTES, FakeLambdaContext, to_v2_event
 from tests.support.fake_upstream import FakeUpstream
-from tests.support.upstream_fixtures import TEST_TWELVE_DATA_API_KEY
+from tests.support.upstream_fixtures import upstream_env
 
 #: Every variable the service reads that a developer's shell might set: cleared for each test.
 _SERVICE_ENV = (
@@ -49,18 +49,7 @@ def reset_process_singletons() -> None:
 
 
 def service_env_vars(database_url: str, fake: FakeUpstream) -> dict[str, str]:
-    return {
-        "DATABASE_URL": database_url,
-        "BINANCE_REST_URL": fake.url,
-        "TWELVE_DATA_REST_URL": fake.url,
-        "TWELVE_DATA_API_KEY": TEST_TWELVE_DATA_API_KEY,
-        # Small budgets so injected faults resolve in about a second (same as upstream_settings).
-        "HTTP_CONNECT_TIMEOUT": "1",
-        "HTTP_READ_TIMEOUT": "1",
-        "UPSTREAM_RETRY_BUDGET_SECONDS": "2",
-        "UPSTREAM_MAX_ATTEMPTS": "3",
-        "BINANCE_CLOSE_GRACE_SECONDS": "0",  # the fake's bars are final the instant they close
-    }
+    return {"DATABASE_URL": database_url, **upstream_env(fake)}
 
 
 @pytest.fixture

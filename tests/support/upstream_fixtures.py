@@ -24,6 +24,7 @@ __all__ = [
     "fake_upstream",
     "fake_upstream_server",
     "settings_for",
+    "upstream_env",
     "upstream_settings",
 ]
 
@@ -31,21 +32,26 @@ __all__ = [
 TEST_TWELVE_DATA_API_KEY = "test-td-key-0123456789"
 
 
-def settings_for(fake: FakeUpstream, **overrides: Any) -> Settings:
-    """Settings aimed at `fake`. Overrides use the environment variable names (e.g. HTTP_READ_TIMEOUT=2)."""
-    env: dict[str, Any] = {
+def upstream_env(fake: FakeUpstream) -> dict[str, str]:
+    """The environment aiming the service at `fake`, as a deployed function or a subprocess would get it."""
+    return {
         "BINANCE_REST_URL": fake.url,
         "TWELVE_DATA_REST_URL": fake.url,
         "TWELVE_DATA_API_KEY": TEST_TWELVE_DATA_API_KEY,
-        "HTTP_CONNECT_TIMEOUT": 1.0,
+        "HTTP_CONNECT_TIMEOUT": "1",
         # Below FakeUpstream.timeout_seconds, so a "timeout" fault really times the client out.
-        "HTTP_READ_TIMEOUT": 1.0,
-        "UPSTREAM_RETRY_BUDGET_SECONDS": 2.0,
-        "UPSTREAM_MAX_ATTEMPTS": 3,
+        "HTTP_READ_TIMEOUT": "1",
+        # Small budgets so injected faults resolve in about a second.
+        "UPSTREAM_RETRY_BUDGET_SECONDS": "2",
+        "UPSTREAM_MAX_ATTEMPTS": "3",
         # The fake's bars are final the instant they close; a grace would only move the tests' boundaries.
-        "BINANCE_CLOSE_GRACE_SECONDS": 0.0,
+        "BINANCE_CLOSE_GRACE_SECONDS": "0",
     }
-    env.update(overrides)
+
+
+def settings_for(fake: FakeUpstream, **overrides: Any) -> Settings:
+    """Settings aimed at `fake`. Overrides use the environment variable names (e.g. HTTP_READ_TIMEOUT=2)."""
+    env: dict[str, Any] = {**upstream_env(fake), **overrides}
     return Settings.model_validate(env)
 
 
