@@ -56,8 +56,11 @@ class DoubleProvider:
         max_page_bars: int = 1000,
         listed: int = 0,
         symbols: list[str] | None = None,
+        derived_intervals: dict[Interval, Interval] | None = None,
     ) -> None:
         self.asset_class = asset_class
+        #: The capability table (app interval -> base); empty: every interval native.
+        self.derived_intervals = derived_intervals or {}
         self.name = "binance" if asset_class is AssetClass.CRYPTO else "twelve_data"
         self.max_page_bars = max_page_bars
         self.clock = clock
@@ -194,6 +197,7 @@ class Tripwire:
         self.name = inner.name
         self.asset_class = inner.asset_class
         self.max_page_bars = inner.max_page_bars
+        self.derived_intervals = inner.derived_intervals
         self.actions = actions
         self.calls = 0
 

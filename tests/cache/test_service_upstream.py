@@ -14,6 +14,7 @@ from marketdata.schemas import CacheStatus, Candle
 from marketdata.service import MarketDataService
 from marketdata.store import CandleStore
 from tests.cache.service_helpers import NOW, real_service
+from tests.support.truth import service_truth
 from tests.support.upstream_fixtures import settings_for
 
 KLINES = "/api/v3/klines"
@@ -92,7 +93,7 @@ def test_forex_weekend_is_remembered(service, fake, raw_conn) -> None:
 def test_every_interval_latest_bars_then_hit(service, fake, symbol: str, interval: Interval) -> None:
     result = service.get_historical_candles(symbol, interval.value, limit=20)
     last = last_closed_open(interval, NOW)
-    truth = fake.expected_candles(symbol, interval.value, add_bars(interval, last, -200), last)[-20:]
+    truth = service_truth(fake, symbol, interval.value, add_bars(interval, last, -200), last)[-20:]
     assert len(result.candles) == 20 and result.candles == truth
     assert result.reaches_present and result.next_start is None
     requests = fake.count()

@@ -39,7 +39,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from enum import StrEnum
 from functools import lru_cache
@@ -155,16 +155,39 @@ class BackfillJob(BaseModel):
 
 @dataclass(frozen=True, slots=True)
 class PlannedJob:
-    """A valid job with its start resolved (the default lookback applied)."""
+    """A valid job with its start resolved (the default lookback applied).
+
+    interval: what is filled. For an interval the provider serves derived (forex 4H, 1W, 1M) that is
+    the base the cache stores for it (`MarketDataService.storage_interval`), and `named` keeps the
+    interval the job asked for, for the reports.
+    """
 
     symbol: str
     interval: Interval
     since: int
     since_given: bool = True
+    asked: Interval | None = None
+
+    @property
+    def named(self) -> str:
+        """The interval as the job named it."""
+        return (self.asked or self.interval).value
 
     @property
     def label(self) -> str:
-        return f"{self.symbol} {self.interval.value}"
+        if self.asked is None or self.asked is self.interval:
+            return f"{self.symbol} {self.interval.value}"
+        return f"{self.symbol} {self.asked.value} (filled as {self.interval.value})"
+
+    def as_stored(self, service: MarketDataService) -> PlannedJob:
+        """This job filling what the cache stores for its interval."""
+        try:
+            stored = service.storage_interval(self.symbol, self.interval)
+        except MarketDataError:
+            return self  # no provider for it: the fill itself reports why
+        if stored is self.interval:
+            return self
+        return replace(self, interval=stored, asked=self.asked or self.interval)
 
 
 @dataclass(frozen=True, slots=True)
@@ -532,12 +555,13 @@ def run_backfill(
         elif clock() >= deadline:
             result = JobResult(
                 job.symbol,
-                job.interval.value,
+                job.named,
                 JobStatus.DEFERRED,
                 since=job.since,
                 error="not started: the time budget of this run is used up; the next run does it",
             )
         else:
+            job = job.as_stored(service)
             live = _new_progress(index, total, job, clock())
             result = _run_job(
                 job, service, live, clock=clock, deadline=deadline, progress=progress, sleep=sleep
@@ -613,7 +637,7 @@ def _run_job(
         live.now = clock()
         return JobResult(
             job.symbol,
-            job.interval.value,
+            job.named,
             status,
             since=job.since,
             pages=live.pages,

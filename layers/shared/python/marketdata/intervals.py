@@ -125,15 +125,26 @@ def _month_start(index: int) -> int:
 # --- the arithmetic --------------------------------------------------------------------------
 
 
+def fixed_grid(interval: Interval) -> tuple[int, int] | None:
+    """(width, offset) of a fixed-width interval: its bars open at offset + k * width (Unix seconds).
+
+    None for calendar months. The one definition of the grid: `bar_open` and the store's SQL bucketing
+    (bars resampled in Postgres) both read it.
+    """
+    width = _WIDTH.get(interval)
+    if width is None:
+        return None
+    return width, _FIRST_MONDAY if interval is Interval.W1 else 0
+
+
 def bar_open(interval: Interval, t: int) -> int:
     """Open time of the bar that contains the instant t."""
     t = int(t)
-    if interval is Interval.MO1:
+    grid = fixed_grid(interval)
+    if grid is None:
         return _month_start(_month_index(t))
-    width = _WIDTH[interval]
-    if interval is Interval.W1:
-        return t - (t - _FIRST_MONDAY) % width
-    return t - t % width
+    width, offset = grid
+    return t - (t - offset) % width
 
 
 def is_aligned(interval: Interval, t: int) -> bool:
@@ -188,3 +199,44 @@ def count_bars(interval: Interval, start: int, end: int) -> int:
     if interval is Interval.MO1:
         return _month_index(last) - _month_index(first) + 1
     return (last - first) // _WIDTH[interval] + 1
+
+
+# --- one interval built from a finer one -----------------------------------------------------
+
+
+def nests_in(base: Interval, interval: Interval) -> bool:
+    """Whether every `base` bar lies inside one `interval` bar, so `interval` can be built from `base`
+    (1H in 4H, 1D in 1W and 1M; not 1W in 1M). Checked over a few years of base bars, which covers
+    every calendar case (month lengths, leap years, weekdays)."""
+    if base is interval:
+        return True
+    if base.nominal_seconds >= interval.nominal_seconds:
+        return False
+    base_grid, grid = fixed_grid(base), fixed_grid(interval)
+    if base_grid is not None and grid is not None:
+        (bw, bo), (w, o) = base_grid, grid
+        return w % bw == 0 and (o - bo) % bw == 0
+    # Calendar months: every month start must be a base bar open (true for days, false for weeks).
+    return all(is_aligned(base, _month_start(index)) for index in range(12 * 8))
+
+
+def base_span(interval: Interval, base: Interval, start: int, end: int) -> tuple[int, int]:
+    """The `base` open times making up the `interval` bars that open in [start, end] (inclusive).
+
+    The first is the first `interval` bar at or after start; the last is the last base bar inside the
+    `interval` bar containing end. With base == interval: the aligned range itself.
+    """
+    first = first_open_at_or_after(interval, start)
+    last = bar_open(base, next_open(interval, bar_open(interval, end)) - 1)
+    return first, last
+
+
+def whole_bars_through(interval: Interval, base: Interval, base_end: int) -> int:
+    """Open time of the newest `interval` bar lying entirely at or before the base bar `base_end`.
+
+    What base coverage through `base_end` makes known of `interval`: a bar is known only once every
+    base bar it spans is. With base == interval: base_end's own bar.
+    """
+    if base is interval:
+        return bar_open(interval, base_end)
+    return prev_open(interval, bar_open(interval, next_open(base, base_end)))

@@ -50,13 +50,16 @@ from marketdata.intervals import (
     Interval,
     add_bars,
     bar_open,
+    base_span,
     count_bars,
     first_open_at_or_after,
     last_closed_open,
     next_open,
     parse_interval,
+    whole_bars_through,
 )
-from marketdata.providers.base import MarketDataProvider, Page
+from marketdata.providers.base import MarketDataProvider, Page, source_interval
+from marketdata.resample import resample
 from marketdata.schemas import (
     MAX_LIMIT,
     AssetClass,
@@ -192,6 +195,42 @@ def _first_page(
             close()
 
 
+@dataclass(frozen=True, slots=True)
+class _Series:
+    """What one request reads: `interval` bars of `symbol`, built from the provider's `base` bars.
+
+    base is the interval asked upstream, cached and covered (marketdata.resample); it equals interval
+    where the provider serves the interval natively. Ranges handed to the sources are in `interval`
+    open times; the sources translate them to base ranges.
+    """
+
+    provider: MarketDataProvider
+    symbol: str
+    interval: Interval
+    base: Interval
+
+    @property
+    def derived(self) -> bool:
+        return self.base is not self.interval
+
+    def base_span(self, lo: int, hi: int) -> tuple[int, int]:
+        return base_span(self.interval, self.base, lo, hi)
+
+    def known_through(self, base_end: int) -> int:
+        """The newest `interval` bar known once the base is covered through base_end."""
+        return whole_bars_through(self.interval, self.base, base_end)
+
+    def built(
+        self, base_bars: Mapping[int, Candle], lo: int, hi: int, limit: int, newest: bool
+    ) -> list[Candle]:
+        """The `interval` bars of [lo, hi] from base bars (selected as _select does)."""
+        if not self.derived:
+            return _select(base_bars, lo, hi, limit, newest)
+        first, last = self.base_span(lo, hi)
+        built = resample(self.interval, [base_bars[t] for t in sorted(base_bars) if first <= t <= last])
+        return _select({c.time: c for c in built}, lo, hi, limit, newest)
+
+
 # --- where bars come from: the cache (filled single-flight) or the provider directly -----------------
 
 
@@ -209,21 +248,21 @@ class _Source(Protocol):
 class _LiveSource:
     """The provider answers directly (database down or not configured): nothing is stored."""
 
-    def __init__(
-        self, provider: MarketDataProvider, symbol: str, interval: Interval, counters: _Counters
-    ) -> None:
-        self.provider = provider
-        self.symbol = symbol
-        self.interval = interval
+    def __init__(self, series: _Series, counters: _Counters) -> None:
+        self.series = series
         self.counters = counters
         self.failure: MarketDataError | None = None
-        self.bars: dict[int, Candle] = {}
+        self.bars: dict[int, Candle] = {}  # base bars
 
     def ensure(self, lo: int, hi: int) -> None:
+        self.ensure_base(*self.series.base_span(lo, hi))
+
+    def ensure_base(self, lo: int, hi: int) -> None:
         if self.failure is not None:
             return
+        series = self.series
         try:
-            result = self.provider.fetch_candles(self.symbol, self.interval, lo, hi)
+            result = series.provider.fetch_candles(series.symbol, series.base, lo, hi)
         except UpstreamError as exc:
             self.counters.calls += 1
             self.failure = exc
@@ -233,14 +272,16 @@ class _LiveSource:
             self.bars[candle.time] = candle
 
     def read(self, lo: int, hi: int, limit: int, newest: bool) -> list[Candle]:
-        return _select(self.bars, lo, hi, limit, newest)
+        return self.series.built(self.bars, lo, hi, limit, newest)
 
     def probe(self, lo: int, hi: int) -> int | None:
         """One provider page from lo; the open time up to which [lo, ...] is now known, else None."""
         if self.failure is not None:
             return None
+        series = self.series
         try:
-            page = _first_page(self.provider, self.symbol, self.interval, lo, hi, self.counters)
+            page = _first_page(series.provider, series.symbol, series.base, *series.base_span(lo, hi),
+                               self.counters)
         except UpstreamError as exc:
             self.failure = exc
             return None
@@ -248,50 +289,51 @@ class _LiveSource:
             return None
         for candle in page.candles:
             self.bars[candle.time] = candle
-        return page.end
+        return series.known_through(page.end)
 
 
 class _CacheSource:
     """The store, filled from the provider page by page under the single-flight lock."""
 
     def __init__(
-        self,
-        service: MarketDataService,
-        store: CandleStore,
-        provider: MarketDataProvider,
-        symbol: str,
-        interval: Interval,
-        counters: _Counters,
+        self, service: MarketDataService, store: CandleStore, series: _Series, counters: _Counters
     ) -> None:
         self.service = service
         self.store = store
-        self.provider = provider
-        self.symbol = symbol
-        self.interval = interval
+        self.series = series
         self.counters = counters
         self.failure: MarketDataError | None = None
         # Bars fetched live because the single-flight wait timed out: served, not stored.
-        self.overlay = _LiveSource(provider, symbol, interval, counters)
+        self.overlay = _LiveSource(series, counters)
         self.lock_busy = False
+
+    def _coverage(self, lo: int, hi: int) -> list[tuple[int, int]]:
+        return self.store.read_coverage(self.series.symbol, self.series.base, lo, hi)
+
+    def _fill(self, lo: int, hi: int, max_pages: int | None = None) -> None:
+        series = self.series
+        self.service._fill_range(
+            self.store, series.provider, series.symbol, series.base, lo, hi, self.counters,
+            max_pages=max_pages,
+        )
 
     def ensure(self, lo: int, hi: int) -> None:
         if self.failure is not None:
             return  # the provider is failing: serve what the cache has, do not hammer it
-        covered = self.store.read_coverage(self.symbol, self.interval, lo, hi)
-        for gap_start, gap_end in _gaps(self.interval, lo, hi, covered):
+        base = self.series.base
+        base_lo, base_hi = self.series.base_span(lo, hi)
+        for gap_start, gap_end in _gaps(base, base_lo, base_hi, self._coverage(base_lo, base_hi)):
             if self.lock_busy:
                 self._fetch_live(gap_start, gap_end)
                 continue
             try:
-                self.service._fill_range(
-                    self.store, self.provider, self.symbol, self.interval, gap_start, gap_end, self.counters
-                )
+                self._fill(gap_start, gap_end)
             except UpstreamError as exc:
                 logger.warning(
                     "provider failed while filling the cache; serving what it has",
                     extra={
-                        "symbol": self.symbol,
-                        "interval": self.interval.value,
+                        "symbol": self.series.symbol,
+                        "interval": base.value,
                         "error": type(exc).__name__,
                     },
                 )
@@ -302,12 +344,12 @@ class _CacheSource:
                 # storing (that Lambda is storing this range), and do not wait again in this request.
                 logger.warning(
                     "single-flight wait timed out; fetching live without storing",
-                    extra={"symbol": self.symbol, "interval": self.interval.value},
+                    extra={"symbol": self.series.symbol, "interval": base.value},
                 )
                 self.lock_busy = True
                 # Pages this request stored before the timeout stay: fetch only what is still missing.
-                still = self.store.read_coverage(self.symbol, self.interval, gap_start, gap_end)
-                for lo_missing, hi_missing in _gaps(self.interval, gap_start, gap_end, still):
+                still = self._coverage(gap_start, gap_end)
+                for lo_missing, hi_missing in _gaps(base, gap_start, gap_end, still):
                     self._fetch_live(lo_missing, hi_missing)
 
     def probe(self, lo: int, hi: int) -> int | None:
@@ -318,44 +360,43 @@ class _CacheSource:
         if self.failure is not None:
             return None
         if not self.lock_busy:
-            known = _covered_run_end(self.store.read_coverage(self.symbol, self.interval, lo, hi), lo)
-            if known is not None:
-                return known
-            try:
-                self.service._fill_range(
-                    self.store,
-                    self.provider,
-                    self.symbol,
-                    self.interval,
-                    lo,
-                    hi,
-                    self.counters,
-                    max_pages=self.counters.pages + 1,
-                )
-            except UpstreamError as exc:
-                self.failure = exc
-                return None
-            except SingleFlightTimeout:
-                self.lock_busy = True
-            else:
-                return _covered_run_end(self.store.read_coverage(self.symbol, self.interval, lo, hi), lo)
-        known = self.overlay.probe(lo, hi)
+            base_lo, base_hi = self.series.base_span(lo, hi)
+            known = _covered_run_end(self._coverage(base_lo, base_hi), base_lo)
+            if known is None:
+                try:
+                    self._fill(base_lo, base_hi, max_pages=self.counters.pages + 1)
+                except UpstreamError as exc:
+                    self.failure = exc
+                    return None
+                except SingleFlightTimeout:
+                    self.lock_busy = True
+                else:
+                    known = _covered_run_end(self._coverage(base_lo, base_hi), base_lo)
+            if not self.lock_busy:
+                return None if known is None else self.series.known_through(known)
+        known_live = self.overlay.probe(lo, hi)
         self.failure = self.overlay.failure
-        return known
+        return known_live
 
     def _fetch_live(self, lo: int, hi: int) -> None:
+        """Base bars [lo, hi] from the provider into the overlay."""
         if self.failure is not None:
             return
-        self.overlay.ensure(lo, hi)
+        self.overlay.ensure_base(lo, hi)
         self.failure = self.overlay.failure
 
     def read(self, lo: int, hi: int, limit: int, newest: bool) -> list[Candle]:
+        series = self.series
         if not self.overlay.bars:
-            return self.store.read_candles(self.symbol, self.interval, lo, hi, limit=limit, newest=newest)
-        merged = {c.time: c for c in self.store.read_candles(self.symbol, self.interval, lo, hi)}
+            return self.store.read_candles(
+                series.symbol, series.interval, lo, hi, limit=limit, newest=newest,
+                base=series.base if series.derived else None,
+            )
+        base_lo, base_hi = series.base_span(lo, hi)
+        merged = {c.time: c for c in self.store.read_candles(series.symbol, series.base, base_lo, base_hi)}
         for t, candle in self.overlay.bars.items():
             merged.setdefault(t, candle)
-        return _select(merged, lo, hi, limit, newest)
+        return series.built(merged, lo, hi, limit, newest)
 
 
 # --- the service -------------------------------------------------------------------------------------
@@ -383,6 +424,12 @@ class MarketDataService:
         except KeyError:
             raise ConfigurationError(f"no provider configured for {asset_class.value}") from None
 
+    def storage_interval(self, symbol: str, interval: str | Interval) -> Interval:
+        """The interval whose bars and coverage the cache keeps to serve `interval` of `symbol`: the
+        interval itself, or the base it is built from where the provider's own bars lie off our grid."""
+        provider = self._provider(detect_asset_class(normalize_symbol(symbol)))
+        return source_interval(provider, parse_interval(interval))
+
     # --- history -------------------------------------------------------------------------------------
 
     def get_historical_candles(
@@ -408,6 +455,7 @@ class MarketDataService:
             raise InvalidRequest("include_open must be true or false", param="include_open")
         asset_class = detect_asset_class(symbol)
         provider = self._provider(asset_class)
+        series = _Series(provider, symbol, interval, source_interval(provider, interval))
 
         # The closed bars the request may draw from (never past the newest closed bar).
         now = self.clock()
@@ -429,7 +477,7 @@ class MarketDataService:
             bypass = self.store is None
             if not bypass:
                 assert self.store is not None
-                source = _CacheSource(self, self.store, provider, symbol, interval, counters)
+                source = _CacheSource(self, self.store, series, counters)
                 try:
                     candles, next_start = self._collect(
                         source, interval, asset_class, lo_bound, hi_bound, limit, forward
@@ -446,7 +494,7 @@ class MarketDataService:
                     extra={"symbol": symbol, "interval": interval.value},
                 )
             if bypass:
-                source = _LiveSource(provider, symbol, interval, counters)
+                source = _LiveSource(series, counters)
                 candles, next_start = self._collect(
                     source, interval, asset_class, lo_bound, hi_bound, limit, forward
                 )
@@ -470,7 +518,7 @@ class MarketDataService:
         )
         if wants_open:
             try:
-                open_bar = self._fetch_open_bar(provider, symbol, interval, open_time, counters)
+                open_bar = self._fetch_open_bar(series, open_time, counters)
             except UpstreamError as exc:
                 logger.warning(
                     "could not fetch the open bar", extra={"symbol": symbol, "error": type(exc).__name__}
@@ -560,21 +608,21 @@ class MarketDataService:
             return bars, next_open(interval, hi)
         return bars, None
 
-    def _fetch_open_bar(
-        self,
-        provider: MarketDataProvider,
-        symbol: str,
-        interval: Interval,
-        open_time: int,
-        counters: _Counters,
-    ) -> Candle | None:
+    def _fetch_open_bar(self, series: _Series, open_time: int, counters: _Counters) -> Candle | None:
+        """The still-open bar, live, in one provider request: a native bar as the provider has it; a
+        derived bar built from its closed base bars plus the open base bar."""
         counters.calls += 1
-        result = provider.fetch_candles(symbol, interval, open_time, open_time)
+        base_open = bar_open(series.base, int(self.clock())) if series.derived else open_time
+        result = series.provider.fetch_candles(
+            series.symbol, series.base, open_time, max(open_time, base_open)
+        )
         counters.calls += max(result.pages, 1) - 1
-        if result.open_bar is not None and result.open_bar.time == open_time:
-            return result.open_bar
-        # The bar closed between our clock and the provider's: still the newest bar, still not stored.
-        return next((c for c in result.candles if c.time == open_time), None)
+        bars = [c for c in result.candles if c.time >= open_time]
+        if result.open_bar is not None and result.open_bar.time >= open_time:
+            bars.append(result.open_bar)
+        # The bar may have closed between our clock and the provider's: still the newest bar, still not
+        # stored.
+        return next((c for c in resample(series.interval, bars) if c.time == open_time), None)
 
     def _fill_range(
         self,
@@ -656,7 +704,10 @@ class MarketDataService:
     ) -> FillReport:
         """Fill the cache for closed bars in [start, min(end, last closed)] where coverage is missing,
         oldest first, one page per transaction. Provider and database errors propagate (typed); pages
-        stored before them stay stored and covered."""
+        stored before them stay stored and covered.
+
+        An interval the provider serves derived is filled as its base (what the cache stores for it;
+        `storage_interval`): the report's pages and covered_until are in base bars."""
         symbol = normalize_symbol(symbol)
         interval = parse_interval(interval)
         start = _check_int(start, "start", 0, _MAX_TIME)
@@ -669,6 +720,7 @@ class MarketDataService:
         if self.store is None:
             raise DatabaseUnavailable("no cache database configured: nothing to fill")
         provider = self._provider(detect_asset_class(symbol))
+        interval = source_interval(provider, interval)
         last_closed = last_closed_open(interval, self.clock())
         lo = first_open_at_or_after(interval, start)
         hi = last_closed if end is None else min(last_closed, bar_open(interval, end))

@@ -371,6 +371,29 @@ _SELECT_DESC = (
     " WHERE symbol = :symbol AND interval = :interval AND open_time BETWEEN :start AND :end"
     " ORDER BY open_time DESC LIMIT :limit"
 )
+# Bars of an app interval built from its base interval's rows (marketdata.resample, same rules): grouped
+# by the bar they fall in, on the grid of intervals.fixed_grid (width :w, offset :o; :w = 0 for calendar
+# months). Aggregates with ORDER BY keep open/close and the volume sum's term order exact.
+_RESAMPLED = """
+SELECT bucket, (array_agg(open ORDER BY open_time))[1], max(high), min(low),
+       (array_agg(close ORDER BY open_time DESC))[1], sum(volume ORDER BY open_time)
+FROM (
+    SELECT CASE WHEN CAST(:w AS bigint) = 0
+                THEN CAST(extract(epoch FROM date_trunc('month', to_timestamp(open_time) AT TIME ZONE 'UTC'))
+                          AS bigint)
+                ELSE open_time - ((open_time - CAST(:o AS bigint)) % CAST(:w AS bigint) + CAST(:w AS bigint))
+                                 % CAST(:w AS bigint)
+           END AS bucket,
+           open_time, open, high, low, close, volume
+    FROM ohlcv_cache
+    WHERE symbol = :symbol AND interval = :base AND open_time BETWEEN :start AND :end
+) AS b
+GROUP BY bucket
+ORDER BY bucket {order}
+LIMIT :limit
+"""
+_RESAMPLED_ASC = _RESAMPLED.format(order="ASC")
+_RESAMPLED_DESC = _RESAMPLED.format(order="DESC")
 _SELECT_COVERAGE = (
     "SELECT start_time, end_time FROM ohlcv_coverage"
     " WHERE symbol = :symbol AND interval = :interval AND start_time <= :end AND end_time >= :start"
@@ -610,16 +633,29 @@ class CandleStore:
         *,
         limit: int | None = None,
         newest: bool = False,
+        base: Interval | None = None,
     ) -> list[Candle]:
-        """Cached bars with open time in [start, end], ascending; newest=True: the last `limit` of them."""
-        params = {
-            "symbol": symbol,
-            "interval": _interval_value(interval),
-            "start": int(start),
-            "end": int(end),
-            "limit": None if limit is None else int(limit),
-        }
-        rows, _ = self._run(_SELECT_DESC if newest else _SELECT_ASC, params)
+        """Cached bars with open time in [start, end], ascending; newest=True: the last `limit` of them.
+
+        base: build the `interval` bars from the cached bars of this finer interval instead (see
+        marketdata.resample), in the database: one statement, one row per built bar.
+        """
+        iv = parse_interval(interval)
+        limit_param = None if limit is None else int(limit)
+        if base is None or base is iv:
+            params: dict[str, Any] = {
+                "symbol": symbol, "interval": iv.value, "start": int(start), "end": int(end),
+                "limit": limit_param,
+            }
+            rows, _ = self._run(_SELECT_DESC if newest else _SELECT_ASC, params)
+        else:
+            first, last = intervals.base_span(iv, base, int(start), int(end))
+            width, offset = intervals.fixed_grid(iv) or (0, 0)
+            params = {
+                "symbol": symbol, "base": base.value, "start": first, "end": last, "limit": limit_param,
+                "w": width, "o": offset,
+            }
+            rows, _ = self._run(_RESAMPLED_DESC if newest else _RESAMPLED_ASC, params)
         if newest:
             rows.reverse()
         return list(starmap(Candle, rows))

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -88,6 +88,11 @@ class MarketDataProvider(Protocol):
     asset_class: AssetClass
     #: Most bars one upstream request returns (Binance 1000, Twelve Data 5000).
     max_page_bars: int
+    #: The capability table: app intervals this provider's own bars do not serve on the service's grid,
+    #: each with the finer base interval they are built from (marketdata.resample). Every other app
+    #: interval is native. The service asks for, caches and covers the base; the clients are only ever
+    #: asked for native intervals.
+    derived_intervals: Mapping[Interval, Interval]
 
     def iter_pages(self, symbol: str, interval: Interval, start: int, end: int) -> Iterator[Page]:
         """Yield pages covering the inclusive open-time range [start, end], oldest first, one upstream
@@ -113,6 +118,11 @@ class MarketDataProvider(Protocol):
 
 
 # --- shared implementation -------------------------------------------------------------------
+
+
+def source_interval(provider: MarketDataProvider, interval: Interval) -> Interval:
+    """The interval asked from `provider`, and stored in the cache, to serve `interval`."""
+    return provider.derived_intervals.get(interval, interval)
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,8 @@ import math
 import random
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from types import MappingProxyType
 
 import httpx
 
@@ -88,6 +89,8 @@ class BinanceClient:
     display_name = "Binance"
     asset_class = AssetClass.CRYPTO
     max_page_bars = 1000
+    # Binance cuts every app interval on the service's grid (UTC days, Monday weeks, calendar months).
+    derived_intervals: Mapping[Interval, Interval] = MappingProxyType({})
 
     def __init__(
         self,

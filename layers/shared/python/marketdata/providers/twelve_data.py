@@ -22,8 +22,9 @@ import math
 import random
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
+from types import MappingProxyType
 
 import httpx
 
@@ -116,6 +117,13 @@ class TwelveDataClient:
     asset_class = AssetClass.FOREX
     max_page_bars = MAX_OUTPUTSIZE
     settle_seconds = SETTLE_SECONDS
+    # Twelve Data anchors bars of 2h and longer at 17:00 New York, so its 4h bars lie off the UTC 4H
+    # grid: 4H is built from 1h bars (on the UTC clock). 1D is Twelve Data's own trading-day bar, dated
+    # by its New York trading date and served at 00:00 UTC of that date; weeks and months are built from
+    # those days (how Twelve Data labels forex weeks and months is unverified; days nest in both).
+    derived_intervals: Mapping[Interval, Interval] = MappingProxyType(
+        {Interval.H4: Interval.H1, Interval.W1: Interval.D1, Interval.MO1: Interval.D1}
+    )
 
     def __init__(
         self,
