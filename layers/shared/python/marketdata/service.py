@@ -6,7 +6,9 @@ How one history request is answered (`MarketDataService.get_historical_candles`)
    InvalidInterval before the database or a provider is touched.
 2. Work out the *window*: the closed bar open times the answer can come from, clamped to the newest
    closed bar at `clock()`. A request for `limit` bars needs about `limit` bar slots (more for forex,
-   whose weekends hold no bars).
+   whose weekends hold few bars). An interval the provider serves derived (the provider's
+   `derived_intervals`: forex 4H from 1H, 1W and 1M from 1D) is read as its base: coverage, gaps and
+   fills below are in base bars, and the answer is built from them (marketdata.resample).
 3. Read coverage for the window; the uncovered parts are the gaps. Each gap is filled one provider
    page at a time, each page inside `store.fill_transaction` (a transaction-scoped advisory lock per
    symbol+interval = single-flight): re-read coverage under the lock, fetch ONE page of what is still
@@ -78,8 +80,9 @@ logger = logging.getLogger(__name__)
 _MAX_TIME = 32503680000
 # How many times a window that held too few bars is widened before answering with what it has.
 _MAX_WIDENINGS = 3
-# Forex has no bars from Friday 22:00 to Sunday 22:00 UTC (2 days of 7) plus a few holidays: start
-# with 1.5 slots per wanted bar so that one window usually suffices.
+# Forex has few bars from Friday 17:00 to Sunday 17:00 New York (about 2 days of 7; some weekends have
+# bars, most do not) plus a few holidays: start with 1.5 slots per wanted bar so that one window usually
+# suffices. Only an estimate: every bar the provider serves is kept, whatever the day.
 _FOREX_SLOTS_PER_BAR = 1.5
 
 
