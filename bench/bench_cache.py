@@ -15,8 +15,11 @@ Twelve Data clients over HTTP against it. All three parts run in one go on the s
    one transaction): rows per second and database round trips, counted at the socket (one flush of the
    client's buffer = one request the client then waits for). Target: a small constant number of round
    trips whatever the number of bars, and at least 50,000 rows/s.
-3. Provider requests (counted at the fake upstream) for a cold request, a repeat, an overlap and a forex
-   range over a weekend, against the minimum number of pages those gaps need.
+   Also 5000 forex 4H bars built from cached 1H rows (in Postgres) against 5000 native 1H bars.
+   Target: the built read takes at most 2x the native one.
+3. Provider requests (counted at the fake upstream) for a cold request, a repeat, an overlap, a forex
+   range over a weekend and cold forex 4H/1W (built from 1H/1D), against the minimum number of pages
+   those gaps need.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ NOW = 1715769440  # 2024-05-15 10:37:20 UTC, a Wednesday (mid-bar for every inte
 API_KEY = "bench-td-key"
 M1 = Interval.M1
 H1 = Interval.H1
+H4 = Interval.H4
 
 
 # --- infrastructure --------------------------------------------------------------------------------
@@ -79,10 +83,12 @@ def database() -> Iterator[str]:
     conn = _connect(url)
     apply_migrations(conn)
     conn.run(
-        "DELETE FROM ohlcv_cache WHERE symbol LIKE 'BENCH%' OR symbol IN ('BTCUSDT', 'ETHUSDT', 'EUR/USD')"
+        "DELETE FROM ohlcv_cache WHERE symbol LIKE 'BENCH%' OR symbol IN ('BTCUSDT', 'ETHUSDT')"
+        " OR symbol LIKE '%/%'"
     )
     conn.run(
-        "DELETE FROM ohlcv_coverage WHERE symbol LIKE 'BENCH%' OR symbol IN ('BTCUSDT', 'ETHUSDT', 'EUR/USD')"
+        "DELETE FROM ohlcv_coverage WHERE symbol LIKE 'BENCH%' OR symbol IN ('BTCUSDT', 'ETHUSDT')"
+        " OR symbol LIKE '%/%'"
     )
     conn.close()
     try:
@@ -201,7 +207,33 @@ def bench_reads(url: str, fake: FakeUpstream, runs: int) -> None:
             f"    {n:>5} {t_service * 1000:>11.2f} {t_raw * 1000:>8.2f} {ratio:>6.2f} {trips:>12}  {verdict}"
         )
     raw.close()
+    bench_derived_reads(service, runs)
     store.close()
+
+
+def bench_derived_reads(service: MarketDataService, runs: int) -> None:
+    """Forex 4H is built from cached 1H rows in Postgres: 5000 built bars against 5000 native ones."""
+    n = 5000
+    derived_end, native_end = last_closed_open(H4, NOW), last_closed_open(H1, NOW)
+    for interval, end in (("4H", derived_end), ("1H", native_end)):
+        warm = service.get_historical_candles("USD/JPY", interval, end=end, limit=n)  # fills the cache
+        assert len(warm.candles) == n, (interval, len(warm.candles))
+
+    def read(interval: str, end: int) -> Callable[[], None]:
+        def run() -> None:
+            result = service.get_historical_candles("USD/JPY", interval, end=end, limit=n)
+            assert len(result.candles) == n and result.cache.value == "hit"
+
+        return run
+
+    t_derived = median_seconds(read("4H", derived_end), runs)
+    t_native = median_seconds(read("1H", native_end), runs)
+    ratio = t_derived / t_native
+    verdict = "ok" if ratio <= 2.0 else "MISSED"
+    print(
+        f"    derived: USD/JPY 4H built from 1H, {n} bars {t_derived * 1000:.2f} ms vs native USD/JPY 1H"
+        f" {n} bars {t_native * 1000:.2f} ms: {ratio:.2f}x  target <= 2.0x  {verdict}"
+    )
 
 
 def bench_writes(url: str, runs: int) -> None:
@@ -275,6 +307,21 @@ def bench_provider_calls(url: str, fake: FakeUpstream) -> None:
             "repeat forex (weekend remembered as covered)",
             lambda: service.get_historical_candles("EUR/USD", "1H", start=1715299200, end=1715641200),
             0,
+        ),
+        (
+            "cold forex 4H (built from 1H): GBP/USD, last 500",
+            lambda: service.get_historical_candles("GBP/USD", "4H", limit=500),
+            1,
+        ),
+        (
+            "repeat forex 4H",
+            lambda: service.get_historical_candles("GBP/USD", "4H", limit=500),
+            0,
+        ),
+        (
+            "cold forex 1W (built from 1D): GBP/USD, last 500",
+            lambda: service.get_historical_candles("GBP/USD", "1W", limit=500),
+            1,
         ),
     ]
     print(f"    {'case':<50} {'requests':>8} {'minimum':>8} {'bars':>6} {'cache':>7}")
