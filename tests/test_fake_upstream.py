@@ -1,22 +1,27 @@
 """Tests of the fake upstream itself: the provider-client tests only mean something if it is right.
 
 Checked against the real payloads in tests/data/provider-samples and against the facts in
-PROVIDERS.md: Binance paging semantics and caps, row shapes, calendar months and Monday weeks,
-the open last bar, Twelve Data's ordering, timezone, outputsize and end_date behaviour, forex
-weekends, error bodies, weight and credit headers, and every fault the tests inject.
+docs/providers.md: Binance paging semantics and caps, row shapes, calendar months and Monday weeks,
+the open last bar, Twelve Data's ordering, timezone, outputsize and end_date behaviour, the real forex
+model (bars of 2h and longer anchored at 17:00 New York, every coarse bar the aggregate of its hours,
+days dated by the New York trading date, weekends with bars), the simple model behind its switch, the
+2026 error bodies in both transports, weight and credit headers, and every fault the tests inject.
 """
 
 from __future__ import annotations
 
+import bisect
 import calendar
 import json
 import random
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
-from datetime import UTC, datetime
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -29,12 +34,17 @@ from tests.support.upstream_fixtures import TEST_TWELVE_DATA_API_KEY
 SAMPLES = Path(__file__).parent / "data" / "provider-samples"
 KEY = TEST_TWELVE_DATA_API_KEY
 HOUR, DAY = 3600, 86400
+SERIES_PATH = "/time_series"
 
 
 def ts(text: str) -> int:
     """'2024-01-05 21:00' or '2024-01-05' as Unix seconds UTC."""
     fmt = "%Y-%m-%d %H:%M" if " " in text else "%Y-%m-%d"
     return calendar.timegm(datetime.strptime(text, fmt).timetuple())
+
+
+def day(t: int) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d")
 
 
 @pytest.fixture
@@ -306,7 +316,28 @@ def test_dates_are_read_in_the_request_timezone(http: httpx.Client, fake_upstrea
     )
 
 
-def test_daily_bars_are_dates_with_exclusive_date_end_and_no_weekends(http: httpx.Client) -> None:
+def test_daily_bars_are_dates_with_exclusive_date_end(
+    http: httpx.Client, fake_upstream: FakeUpstream
+) -> None:
+    resp = series(http, interval="1day", order="asc", start_date="2024-01-01", end_date="2024-01-15")
+    dates = [v["datetime"] for v in resp.json()["values"]]
+    truth = fake_upstream.expected_bars("EUR/USD", "1day", ts("2024-01-01"), ts("2024-01-14"))
+    assert dates == [day(b.time) for b in truth]  # (the 15th is excluded: date-only end_date is exclusive)
+    weekdays = [d for d in dates if datetime.strptime(d, "%Y-%m-%d").weekday() < 5]
+    assert weekdays == [f"2024-01-{d:02d}" for d in (1, 2, 3, 4, 5, 8, 9, 10, 11, 12)]
+    monthly = series(http, interval="1month", order="asc", start_date="2023-12-01", end_date="2024-04-01")
+    assert [v["datetime"] for v in monthly.json()["values"]] == [
+        "2023-12-01",
+        "2024-01-01",
+        "2024-02-01",
+        "2024-03-01",
+    ]
+    weekly = series(http, interval="1week", order="asc", start_date="2024-01-01", end_date="2024-01-22")
+    assert [v["datetime"] for v in weekly.json()["values"]] == ["2024-01-01", "2024-01-08", "2024-01-15"]
+
+
+def test_simple_model_daily_bars_are_weekdays_only(http: httpx.Client, fake_upstream: FakeUpstream) -> None:
+    fake_upstream.forex_model = "simple"
     resp = series(http, interval="1day", order="asc", start_date="2024-01-01", end_date="2024-01-15")
     dates = [v["datetime"] for v in resp.json()["values"]]
     assert dates == [
@@ -320,19 +351,13 @@ def test_daily_bars_are_dates_with_exclusive_date_end_and_no_weekends(http: http
         "2024-01-10",
         "2024-01-11",
         "2024-01-12",
-    ]  # (the 15th is excluded: date-only end_date is exclusive for 1day)
-    monthly = series(http, interval="1month", order="asc", start_date="2023-12-01", end_date="2024-04-01")
-    assert [v["datetime"] for v in monthly.json()["values"]] == [
-        "2023-12-01",
-        "2024-01-01",
-        "2024-02-01",
-        "2024-03-01",
     ]
-    weekly = series(http, interval="1week", order="asc", start_date="2024-01-01", end_date="2024-01-22")
-    assert [v["datetime"] for v in weekly.json()["values"]] == ["2024-01-01", "2024-01-08", "2024-01-15"]
 
 
-def test_intraday_weekend_gap_is_friday_22_to_sunday_22_utc(http: httpx.Client) -> None:
+def test_simple_model_intraday_weekend_gap_is_friday_22_to_sunday_22_utc(
+    http: httpx.Client, fake_upstream: FakeUpstream
+) -> None:
+    fake_upstream.forex_model = "simple"
     resp = series(
         http, timezone="UTC", order="asc", start_date="2024-01-05 20:00:00", end_date="2024-01-07 23:00:00"
     )
@@ -351,33 +376,43 @@ def test_intraday_weekend_gap_is_friday_22_to_sunday_22_utc(http: httpx.Client) 
         start_date="2024-01-05 16:00:00",
         end_date="2024-01-08 00:00:00",
     )
-    # A 4h bar that overlaps trading hours exists (Fri 20:00-24:00, Sun 20:00-24:00).
+    # On the epoch grid; a 4h bar that overlaps trading hours exists (Fri 20:00-24:00, Sun 20:00-24:00).
     assert [v["datetime"] for v in four.json()["values"]] == [
         "2024-01-05 16:00:00",
         "2024-01-05 20:00:00",
         "2024-01-07 20:00:00",
         "2024-01-08 00:00:00",
     ]
-    minutes = fu.expected_bars("EUR/USD", "1m", ts("2024-01-05 21:58"), ts("2024-01-07 22:01"))
+    minutes = fu.expected_bars(
+        "EUR/USD", "1m", ts("2024-01-05 21:58"), ts("2024-01-07 22:01"), model="simple"
+    )
     assert [b.time for b in minutes] == [
         ts("2024-01-05 21:58"),
         ts("2024-01-05 21:59"),
         ts("2024-01-07 22:00"),
         ts("2024-01-07 22:01"),
     ]
+    assert (
+        fake_upstream.expected_bars("EUR/USD", "1m", ts("2024-01-05 21:58"), ts("2024-01-07 22:01"))
+        == minutes
+    )
 
 
-def test_no_data_is_a_404_body_with_http_200_or_real_status(
-    http: httpx.Client, fake_upstream: FakeUpstream
+@pytest.mark.parametrize("code_as", ["number", "string"])
+@pytest.mark.parametrize("real_status", [False, True])
+def test_no_data_is_the_2026_code_400_body(
+    http: httpx.Client, fake_upstream: FakeUpstream, real_status: bool, code_as: str
 ) -> None:
-    params = {"timezone": "UTC", "start_date": "2024-01-06 00:00:00", "end_date": "2024-01-07 21:00:00"}
-    resp = series(http, **params)
-    assert resp.status_code == 200
-    assert resp.json() == {"code": 404, "message": fu.TD_NO_DATA_MESSAGE, "status": "error"}
+    fake_upstream.twelve_data_real_status = real_status
+    fake_upstream.twelve_data_string_codes = code_as == "string"
+    code: int | str = 400 if code_as == "number" else "400"
     before_history = series(http, interval="1day", start_date="1990-01-01", end_date="1990-02-01")
-    assert before_history.json()["code"] == 404
-    fake_upstream.twelve_data_real_status = True
-    assert series(http, **params).status_code == 404
+    assert before_history.status_code == (400 if real_status else 200)
+    assert before_history.json() == {"code": code, "message": fu.TD_NO_DATA_MESSAGE, "status": "error"}
+    # A weekend without bars (the simple model has no weekend bars at all): the same body.
+    fake_upstream.forex_model = "simple"
+    weekend = series(http, timezone="UTC", start_date="2024-01-06 00:00:00", end_date="2024-01-07 21:00:00")
+    assert weekend.status_code == (400 if real_status else 200) and weekend.json()["code"] == code
 
 
 def test_outputsize_keeps_the_newest_rows_of_the_range(
@@ -416,8 +451,10 @@ def test_outputsize_keeps_the_newest_rows_of_the_range(
 @pytest.mark.parametrize(
     ("params", "code", "needle"),
     [
-        ({"symbol": "ABC/XYZ"}, 400, "**symbol** not found: ABC/XYZ"),
-        ({"symbol": "BTCUSDT"}, 400, "**symbol** not found"),
+        ({"symbol": "ABC/XYZ"}, 404, "**symbol** or **figi** parameter is missing or invalid"),
+        ({"symbol": "BTCUSDT"}, 404, "**symbol** or **figi** parameter is missing or invalid"),
+        ({"symbol": ""}, 404, "**symbol** or **figi** parameter is missing or invalid"),
+        ({"symbol": "USD/TRY"}, 404, "available starting with the Grow or Venture plan"),
         ({"interval": "1H"}, 400, "Invalid **interval** provided: 1H"),
         ({"apikey": "wrong"}, 401, "**apikey**"),
         ({"apikey": ""}, 401, "**apikey**"),
@@ -478,6 +515,338 @@ def test_forex_truth_has_no_volume_and_positive_prices() -> None:
     assert all(
         b.volume == 0.0 and 0 < b.low <= min(b.open, b.close) <= max(b.open, b.close) <= b.high for b in bars
     )
+
+
+# --- Twelve Data: the real forex model ----------------------------------------------------------
+
+NY = ZoneInfo("America/New_York")
+#: A fixed "now" for the module-level truth functions (a Wednesday).
+NOW = ts("2026-01-14 12:00") + 30
+
+
+def ny(t: int) -> datetime:
+    return datetime.fromtimestamp(t, NY)
+
+
+def trading_date(t: int) -> int:
+    """00:00 UTC of the New York trading date of the instant t (a forex day starts at 17:00 New York)."""
+    local = ny(t)
+    date = local.date() + timedelta(days=1) if local.hour >= 17 else local.date()
+    return calendar.timegm(date.timetuple())
+
+
+def monday_of(t: int) -> int:
+    return t - datetime.fromtimestamp(t, UTC).weekday() * DAY
+
+
+def first_of_month(t: int) -> int:
+    d = datetime.fromtimestamp(t, UTC)
+    return calendar.timegm((d.year, d.month, 1, 0, 0, 0))
+
+
+def label_bucket(bars: list[fu.FakeBar]) -> Callable[[int], int]:
+    """The bucket of an hour: the newest bar label at or before it (a bar's hours lie between its label
+    and the next existing bar's, since a bar exists exactly when one of its hours does)."""
+    labels = [b.time for b in bars]
+    return lambda t: labels[bisect.bisect_right(labels, t) - 1]
+
+
+@pytest.mark.parametrize(
+    ("monday", "utc_hours"),
+    [("2024-01-08", {22, 2, 6, 10, 14, 18}), ("2023-07-10", {21, 1, 5, 9, 13, 17})],
+    ids=["winter", "summer"],
+)
+def test_2h_4h_8h_bars_are_anchored_at_17_new_york(
+    http: httpx.Client, fake_upstream: FakeUpstream, monday: str, utc_hours: set[int]
+) -> None:
+    start, end = ts(monday), ts(monday) + 5 * DAY - 1  # Monday to Friday
+    four = expected_bars("EUR/USD", "4h", start, end, now=NOW)
+    assert {datetime.fromtimestamp(b.time, UTC).hour for b in four} == utc_hours
+    assert {ny(b.time).hour for b in four} == {17, 21, 1, 5, 9, 13}
+    assert {ny(b.time).hour for b in expected_bars("EUR/USD", "8h", start, end, now=NOW)} == {17, 1, 9}
+    two = expected_bars("EUR/USD", "2h", start, end, now=NOW)
+    assert {ny(b.time).hour for b in two} == set(range(1, 24, 2))
+    # 1min to 1h bars stay on the UTC clock.
+    assert {
+        datetime.fromtimestamp(b.time, UTC).hour for b in expected_bars("EUR/USD", "1h", start, end)
+    } == set(range(24))
+    # Over HTTP: in UTC, and in New York time (the default timezone).
+    window = {"interval": "4h", "order": "asc", "start_date": f"{monday} 00:00:00"}
+    utc_rows = series(http, timezone="UTC", end_date=f"{monday} 23:59:00", **window).json()["values"]
+    assert [int(v["datetime"][11:13]) for v in utc_rows] == sorted(utc_hours)
+    local = series(http, end_date=f"{monday} 23:59:00", **window).json()["values"]
+    assert [v["datetime"][11:] for v in local] == [
+        "01:00:00",
+        "05:00:00",
+        "09:00:00",
+        "13:00:00",
+        "17:00:00",
+        "21:00:00",
+    ]
+
+
+@pytest.mark.parametrize("interval", ["2h", "4h", "8h"])
+def test_each_intraday_coarse_bar_is_the_aggregate_of_its_hours(interval: str) -> None:
+    # February and March 2024: populated and sporadic weekends, and the DST switch of Sunday 10 March.
+    start, end = ts("2024-02-12"), ts("2024-03-13")
+    coarse = expected_bars("GBP/USD", interval, start, end, now=NOW)
+    assert len(coarse) > 60
+    built = fu.aggregate_hours("GBP/USD", label_bucket(coarse), coarse[0].time, end, now=NOW)
+    assert built[:-1] == coarse[:-1]  # (the last bar's hours run past `end`)
+    assert {ny(b.time).hour for b in coarse} == {h % 24 for h in range(17, 17 + 24, int(interval[0]))}
+
+
+@pytest.mark.parametrize(
+    ("start", "end"),
+    [("2024-01-08", "2024-01-21"), ("2023-07-10", "2023-07-23"), ("2024-02-12", "2024-02-25")],
+    ids=["winter", "summer", "populated-weekends"],
+)
+def test_daily_bars_are_dated_by_the_new_york_trading_date(start: str, end: str) -> None:
+    days = expected_bars("EUR/USD", "1day", ts(start), ts(end), now=NOW)
+    built = fu.aggregate_hours("EUR/USD", trading_date, ts(start) - DAY, ts(end) + DAY, now=NOW)
+    assert days == [b for b in built if ts(start) <= b.time <= ts(end)]
+    assert all(b.time % DAY == 0 for b in days)
+
+
+def test_a_daily_bar_spans_17_to_17_new_york() -> None:
+    for date, first_hour in (("2024-01-09", "2024-01-08 22:00"), ("2023-07-12", "2023-07-11 21:00")):
+        (bar,) = expected_bars("EUR/USD", "1day", ts(date), ts(date), now=NOW)
+        hours = expected_bars("EUR/USD", "1h", ts(first_hour), ts(first_hour) + 23 * HOUR, now=NOW)
+        assert len(hours) == 24  # a weekday: every hour of the trading day
+        assert (bar.time, bar.open, bar.close, bar.volume) == (ts(date), hours[0].open, hours[-1].close, 0.0)
+        assert (bar.high, bar.low) == (max(h.high for h in hours), min(h.low for h in hours))
+
+
+def test_weeks_and_months_aggregate_the_days_dated_in_them(http: httpx.Client) -> None:
+    start, end = ts("2023-12-04"), ts("2024-06-30")
+    weeks = expected_bars("EUR/USD", "1week", start, end, now=NOW)
+    assert len(weeks) == 30 and all(datetime.fromtimestamp(b.time, UTC).weekday() == 0 for b in weeks)
+    by_week = fu.aggregate_hours(
+        "EUR/USD", lambda t: monday_of(trading_date(t)), start - DAY, end + DAY, now=NOW
+    )
+    assert weeks == [b for b in by_week if start <= b.time <= end]
+    months = expected_bars("EUR/USD", "1month", ts("2023-12-01"), ts("2024-06-01"), now=NOW)
+    assert [datetime.fromtimestamp(b.time, UTC).strftime("%m-%d") for b in months] == [
+        "12-01",
+        "01-01",
+        "02-01",
+        "03-01",
+        "04-01",
+        "05-01",
+        "06-01",
+    ]
+    by_month = fu.aggregate_hours(
+        "EUR/USD",
+        lambda t: first_of_month(trading_date(t)),
+        ts("2023-12-01") - DAY,
+        ts("2024-07-01"),
+        now=NOW,
+    )
+    assert months == [b for b in by_month if ts("2023-12-01") <= b.time <= ts("2024-06-01")]
+    monthly = series(http, interval="1month", order="asc", start_date="2023-12-01", end_date="2024-01-01")
+    (row,) = monthly.json()["values"]
+    assert row["datetime"] == "2023-12-01" and float(row["high"]) == months[0].high
+
+
+def test_weekends_are_not_empty() -> None:
+    mondays = list(range(ts("2024-01-01"), ts("2026-01-05"), 7 * DAY))  # two years of weeks
+    populated = [m for m in mondays if fu.weekend_populated(m)]
+    assert 0.15 < len(populated) / len(mondays) < 0.35
+    # The closure is Friday 17:00 to Sunday 17:00 New York, with daylight saving.
+    for m in mondays[:60]:
+        fri, sun = datetime.fromtimestamp(m + 4 * DAY, UTC), datetime.fromtimestamp(m + 6 * DAY, UTC)
+        closes = int(datetime(fri.year, fri.month, fri.day, 17, tzinfo=NY).timestamp())
+        reopens = int(datetime(sun.year, sun.month, sun.day, 17, tzinfo=NY).timestamp())
+        assert fu.weekend_closure(m) == (closes, reopens)
+    # A populated weekend has bars throughout: 96 GBP/USD 15min bars on the Saturday and on the Sunday,
+    # and Saturday- and Sunday-dated daily bars.
+    saturday = populated[0] + 5 * DAY
+    assert len(expected_bars("GBP/USD", "15min", saturday, saturday + DAY - 1, now=NOW)) == 96
+    assert len(expected_bars("GBP/USD", "15min", saturday + DAY, saturday + 2 * DAY - 1, now=NOW)) == 96
+    days = expected_bars("GBP/USD", "1day", saturday, saturday + DAY, now=NOW)
+    assert [b.time for b in days] == [saturday, saturday + DAY]
+    # The other weekends: a few percent of the closed hours still have a bar, here and there.
+    closed = with_bar = 0
+    sporadic_weekends = 0
+    for m in mondays:
+        if fu.weekend_populated(m):
+            continue
+        closes, reopens = fu.weekend_closure(m)
+        hours = expected_bars("GBP/USD", "1h", closes, reopens - 1, now=NOW)
+        closed += (reopens - closes) // HOUR
+        with_bar += len(hours)
+        sporadic_weekends += bool(hours)
+    assert 0.01 < with_bar / closed < 0.1
+    assert sporadic_weekends > len(mondays) // 4
+
+
+def test_minute_bars_exist_only_where_their_hour_exists() -> None:
+    m = next(
+        m
+        for m in range(ts("2024-01-01"), ts("2025-01-01"), 7 * DAY)
+        if not fu.weekend_populated(m) and expected_bars("AUD/USD", "1h", *fu.weekend_closure(m), now=NOW)
+    )
+    closes, reopens = fu.weekend_closure(m)
+    lo, hi = closes - 2 * HOUR, reopens + 2 * HOUR - 1  # the weekend and two open hours either side
+    hours = [b.time for b in expected_bars("AUD/USD", "1h", lo, hi, now=NOW)]
+    assert hours[:2] == [lo, lo + HOUR] and hours[-2:] == [reopens, reopens + HOUR] and len(hours) < 10
+    for key, width in (("1min", 60), ("5min", 300), ("15min", 900), ("30min", 1800), ("45min", 2700)):
+        bars = expected_bars("AUD/USD", key, lo, hi, now=NOW)
+        assert {b.time - b.time % HOUR for b in bars} == set(hours)
+        if HOUR % width == 0:
+            assert len(bars) == len(hours) * HOUR // width
+
+
+def test_open_coarse_bars_are_built_from_the_closed_hours_and_the_open_hour(
+    fake_upstream: FakeUpstream,
+) -> None:
+    fake_upstream.now = ts("2024-05-15 10:37") + 20  # a Wednesday in summer
+    four = fake_upstream.open_bar("EUR/USD", "4h")
+    assert four is not None and four.time == ts("2024-05-15 09:00")  # 05:00 New York
+    hours = fake_upstream.expected_bars("EUR/USD", "1h", four.time, ts("2024-05-15 12:00"), include_open=True)
+    assert [h.time for h in hours] == [ts("2024-05-15 09:00"), ts("2024-05-15 10:00")]
+    assert fake_upstream.aggregate_hours(
+        "EUR/USD", lambda t: four.time, four.time, ts("2024-05-15 12:00"), include_open=True
+    ) == [four]
+    assert four.close == fake_upstream.open_bar("EUR/USD", "1h").close  # type: ignore[union-attr]
+    # The open trading day began at 17:00 New York the evening before (21:00 UTC in summer).
+    today = fake_upstream.open_bar("EUR/USD", "1day")
+    assert today is not None and today.time == ts("2024-05-15")
+    assert [today] == fake_upstream.aggregate_hours(
+        "EUR/USD",
+        lambda t: ts("2024-05-15"),
+        ts("2024-05-14 21:00"),
+        ts("2024-05-15 12:00"),
+        include_open=True,
+    )
+    assert fake_upstream.last_closed_open("EUR/USD", "1day") == ts("2024-05-14")
+    # After 17:00 New York, the day dated tomorrow is open and today's is final.
+    fake_upstream.now = ts("2024-05-15 21:30")
+    assert fake_upstream.open_bar("EUR/USD", "1day").time == ts("2024-05-16")  # type: ignore[union-attr]
+    assert fake_upstream.last_closed_open("EUR/USD", "1day") == ts("2024-05-15")
+    assert fake_upstream.last_closed_open("EUR/USD", "4h") == ts("2024-05-15 17:00")
+
+
+def test_the_open_day_dated_tomorrow_is_served_without_an_end_date(
+    http: httpx.Client, fake_upstream: FakeUpstream
+) -> None:
+    fake_upstream.now = ts("2024-05-15 21:30")
+    values = series(http, interval="1day", outputsize=2).json()["values"]
+    assert [v["datetime"] for v in values] == ["2024-05-16", "2024-05-15"]
+
+
+@pytest.mark.parametrize("code_as", ["number", "string"])
+@pytest.mark.parametrize("real_status", [False, True], ids=["http-200", "http-status"])
+def test_2026_error_bodies_in_both_transports(
+    http: httpx.Client, fake_upstream: FakeUpstream, real_status: bool, code_as: str
+) -> None:
+    fake_upstream.twelve_data_real_status = real_status
+    fake_upstream.twelve_data_string_codes = code_as == "string"
+
+    def recorded(name: str) -> dict[str, object]:
+        body = json.loads((SAMPLES / name).read_text())
+        return {**body, "code": str(body["code"]) if code_as == "string" else body["code"]}
+
+    def check(resp: httpx.Response, code: int) -> dict[str, object]:
+        assert resp.status_code == (code if real_status else 200)
+        return resp.json()
+
+    empty = series(http, interval="1day", start_date="1990-01-01", end_date="1990-02-01")
+    assert check(empty, 400) == recorded("td_err_400_empty_window.json")
+    assert check(series(http, symbol="ABC/XYZ"), 404) == recorded("td_err_404_bad_ticker.json")
+    gated = series(http, symbol="USD/TRY")  # /forex_pairs lists it; "our" plan does not include it
+    assert check(gated, 404) == recorded("td_err_404_plan_gated.json")
+    assert "USD/TRY" in {row["symbol"] for row in http.get("/forex_pairs").json()["data"]}
+    assert "USD/TRY" not in fu.FOREX_PAIRS
+    fake_upstream.advance(60)  # a fresh fake minute: none of its credits spent yet
+    fake_upstream.twelve_data_credits_per_minute = 1
+    assert series(http).json()["status"] == "ok"
+    throttled = check(series(http), 429)
+    assert throttled["code"] == ("429" if code_as == "string" else 429)
+    assert throttled["message"] == (
+        "You have run out of API credits for the current minute. 2 API credits were used, with the current "
+        "limit of 1."
+    )
+    fake_upstream.fail_next(1, "error_body", SERIES_PATH, code=500)
+    assert check(series(http), 200)["code"] == ("500" if code_as == "string" else 500)
+
+
+def test_plan_gated_symbols_are_settable_and_reset(http: httpx.Client, fake_upstream: FakeUpstream) -> None:
+    assert fake_upstream.plan_gated_symbols == {"USD/TRY"}
+    fake_upstream.plan_gated_symbols = {"EUR/USD"}
+    assert "Grow or Venture plan" in series(http).json()["message"]
+    assert series(http, symbol="USD/TRY").json()["status"] == "ok"
+    fake_upstream.reset()
+    assert series(http).json()["status"] == "ok" and fake_upstream.plan_gated_symbols == {"USD/TRY"}
+    assert (fake_upstream.twelve_data_string_codes, fake_upstream.forex_model) == (False, "real")
+
+
+def test_the_simple_model_switch(http: httpx.Client, fake_upstream: FakeUpstream) -> None:
+    assert fake_upstream.forex_model == "real"
+    fake_upstream.forex_model = "simple"
+    four = series(
+        http,
+        interval="4h",
+        timezone="UTC",
+        order="asc",
+        start_date="2023-07-10 00:00:00",
+        end_date="2023-07-10 23:59:00",
+    ).json()["values"]
+    assert [v["datetime"][11:13] for v in four] == ["00", "04", "08", "12", "16", "20"]  # the epoch grid
+    # No weekend bars at all, even on a weekend the real model fills.
+    m = next(m for m in range(ts("2024-01-01"), ts("2025-01-01"), 7 * DAY) if fu.weekend_populated(m))
+    saturday = m + 5 * DAY
+    weekend = (saturday, saturday + DAY + 21 * HOUR)  # Saturday 00:00 to Sunday 21:00 UTC
+    assert fake_upstream.expected_bars("EUR/USD", "1h", *weekend) == []
+    assert expected_bars("EUR/USD", "1h", *weekend, model="real")
+    assert expected_bars("EUR/USD", "1h", *weekend, model="simple") == []
+    # Each interval with its own bars: a simple-model day is not the aggregate of its hours.
+    (simple_day,) = fu.expected_bars("EUR/USD", "1D", ts("2024-01-09"), ts("2024-01-09"), model="simple")
+    hours = fu.expected_bars("EUR/USD", "1h", ts("2024-01-09"), ts("2024-01-09") + 23 * HOUR, model="simple")
+    assert len(hours) == 24 and simple_day.open != hours[0].open
+    fake_upstream.reset()
+    assert fake_upstream.forex_model == "real"
+    with pytest.raises(ValueError, match="forex model"):
+        expected_bars("EUR/USD", "1h", 0, 1, model="fancy")
+    with pytest.raises(ValueError, match="no '6h' bars"):
+        expected_bars("EUR/USD", "6h", 0, 1)
+
+
+def test_crypto_ignores_the_forex_model(fake_upstream: FakeUpstream) -> None:
+    real = fake_upstream.expected_bars("BTCUSDT", "4h", ts("2024-01-06"), ts("2024-01-08"))
+    fake_upstream.forex_model = "simple"
+    assert fake_upstream.expected_bars("BTCUSDT", "4h", ts("2024-01-06"), ts("2024-01-08")) == real
+    assert all(b.time % (4 * HOUR) == 0 for b in real) and len(real) == 13
+
+
+def test_the_hour_table_has_exactly_the_hours_that_exist() -> None:
+    # _closed_hours inlines _hour_exists for speed (minute bars ask _hour_exists): both must agree.
+    for symbol in ("EUR/USD", "USD/JPY", "GBP/NZD"):
+        inst = fu.TWELVE_DATA_SYMBOLS[symbol]
+        for day in range(ts("2024-01-29"), ts("2024-03-18"), DAY):  # populated and sporadic weekends
+            hours = [h for h in range(day, day + DAY, HOUR) if fu._hour_exists(inst, h)]
+            assert list(fu._closed_hours(symbol, day)) == hours
+            assert [b.time for b in expected_bars(symbol, "1h", day, day + DAY - 1, now=NOW)] == hours
+
+
+@pytest.mark.parametrize(
+    ("interval", "start_date", "end_date"),
+    [("1day", "2005-01-01", "2026-01-01"), ("1h", "2024-01-01 00:00:00", "2024-12-31 00:00:00")],
+)
+def test_5000_row_answers_are_cheap(
+    http: httpx.Client, fake_upstream: FakeUpstream, interval: str, start_date: str, end_date: str
+) -> None:
+    # About 0.35 s for 5000 daily bars with nothing cached (120k hours), 0.05-0.1 s otherwise; the
+    # bound only catches a regression by an order of magnitude on a loaded machine.
+    fake_upstream.now = NOW
+    params = {"interval": interval, "timezone": "UTC", "start_date": start_date, "end_date": end_date}
+    started = time.perf_counter()
+    values = series(http, outputsize=5000, **params).json()["values"]
+    assert len(values) == 5000
+    assert time.perf_counter() - started < 3.0
+    started = time.perf_counter()
+    assert series(http, outputsize=5000, **params).json()["values"] == values
+    assert time.perf_counter() - started < 1.0
 
 
 # --- faults, log, concurrency, standalone ----------------------------------------------------------

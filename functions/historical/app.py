@@ -39,7 +39,7 @@ http.register_error_handlers(app)
     operation_id="getCandles",
     responses={
         **http.ok_response(HistoryResponse, "Candles, ascending by open time", with_x_cache=True),
-        **http.error_responses(400, 404, 502, 503),
+        **http.error_responses(400, 403, 404, 502, 503),
     },
 )
 def get_candles(
@@ -71,7 +71,10 @@ def get_candles(
 ):
     # No return annotation on purpose: the body is already JSON, validated by construction below, and
     # the resolver's response validation would re-validate and re-encode every candle.
-    result = get_service().get_historical_candles(symbol, interval, start, end, limit, include_open)
+    service = get_service()
+    result = service.get_historical_candles(
+        symbol, interval, start, end, limit, include_open, timeout=http.request_timeout(app, service.settings)
+    )
     body = HistoryResponse(
         symbol=result.symbol,
         interval=result.interval,

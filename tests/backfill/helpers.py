@@ -5,7 +5,7 @@ from __future__ import annotations
 import calendar
 from dataclasses import dataclass, field
 
-from marketdata.backfill import PacedProvider, PlannedJob, RequestPacer
+from marketdata.backfill import PlannedJob
 from marketdata.config import Settings
 from marketdata.intervals import Interval, first_open_at_or_after, last_closed_open
 from marketdata.providers.binance import BinanceClient
@@ -37,7 +37,6 @@ class Wiring:
 
     service: MarketDataService
     fake: FakeUpstream
-    pacer: RequestPacer
     sleeps: list[float] = field(default_factory=list)
 
     def clock(self) -> float:
@@ -49,14 +48,28 @@ class Wiring:
 
 
 def wire(
-    fake: FakeUpstream, store: CandleStore, settings: Settings, *, credits_per_minute: int = 8
+    fake: FakeUpstream, store: CandleStore, settings: Settings, *, credits_per_minute: int | None = None
 ) -> Wiring:
+    """The service on the fake's clock. credits_per_minute: the Twelve Data plan's credits, all of them
+    the backfill's (no share reserved for API requests). The symbol lists /v1/candles and the backfill
+    check symbols against are read first, and the fake's request log emptied after, so a test counts
+    only the requests its jobs make."""
+    if credits_per_minute is not None:
+        settings = settings.model_copy(
+            update={
+                "twelve_data_credits_per_minute": credits_per_minute,
+                "twelve_data_reserved_credits_per_minute": 0,
+            }
+        )
     clock = fake.clock
     binance = BinanceClient(settings, clock=clock, sleep=fake.advance)
     twelve = TwelveDataClient(settings, clock=clock, sleep=fake.advance)
-    pacer = RequestPacer(credits_per_minute, clock=clock)
-    providers = {AssetClass.CRYPTO: binance, AssetClass.FOREX: PacedProvider(twelve, pacer)}
-    return Wiring(MarketDataService(store, providers, settings, clock=clock), fake, pacer)
+    providers = {AssetClass.CRYPTO: binance, AssetClass.FOREX: twelve}
+    service = MarketDataService(store, providers, settings, clock=clock)
+    for asset_class in AssetClass:
+        service.get_symbols(asset_class)
+    fake.forget_requests()
+    return Wiring(service, fake)
 
 
 def stored(store: CandleStore, symbol: str, interval: str, start: int, end: int) -> list[Candle]:

@@ -119,7 +119,8 @@ def test_cli_jobs_file_and_json_summary(
         ("ETHUSDT", "1W", "complete"),
     ]
     assert summary["jobs"][0]["since"] == "2024-01-01T00:00:00Z"
-    assert summary["totals"]["failed"] == 0 and summary["totals"]["pages"] == fake_upstream.count() == 2
+    pages = fake_upstream.count("/api/v3/klines") + fake_upstream.count("/time_series")
+    assert summary["totals"]["failed"] == 0 and summary["totals"]["pages"] == pages == 2
 
 
 @pytest.mark.parametrize(

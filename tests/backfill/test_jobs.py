@@ -1,4 +1,4 @@
-"""The jobs document: since forms, per-job validation, the top-level shape; and the request pacer."""
+"""The jobs document: since forms, per-job validation, the top-level shape."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import calendar
 
 import pytest
 
-from marketdata.backfill import InvalidJob, PlannedJob, RequestPacer, parse_jobs, parse_since
+from marketdata.backfill import InvalidJob, PlannedJob, parse_jobs, parse_since
 from marketdata.errors import InvalidRequest
 from marketdata.intervals import Interval
 
@@ -113,30 +113,3 @@ def test_an_event_without_a_jobs_list_is_rejected_clearly(event: object) -> None
 def test_empty_jobs_list_is_valid() -> None:
     assert parse_jobs({"jobs": []}, now=NOW, lookback_days=30) == []
 
-
-class _Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_pacer_allows_n_per_rolling_minute() -> None:
-    clock = _Clock(1000.0)
-    pacer = RequestPacer(3, clock=clock)
-    assert [pacer.try_acquire() for _ in range(3)] == [0.0, 0.0, 0.0]
-    assert pacer.try_acquire() == pytest.approx(60.0)
-    clock.now += 59.5
-    assert pacer.wait_seconds() == pytest.approx(0.5)
-    assert pacer.try_acquire() == pytest.approx(0.5)  # refused requests are not counted
-    clock.now += 0.5
-    assert pacer.try_acquire() == 0.0
-    assert pacer.try_acquire() == 0.0
-    assert pacer.try_acquire() == 0.0
-    assert pacer.try_acquire() == pytest.approx(60.0)  # three sent at 1060: next at 1120
-
-
-def test_pacer_rejects_a_zero_budget() -> None:
-    with pytest.raises(ValueError):
-        RequestPacer(0)

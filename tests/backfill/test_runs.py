@@ -95,10 +95,9 @@ def test_a_job_fills_exactly_the_missing_range(wiring: Wiring, fake_upstream: Fa
     assert result.status is JobStatus.COMPLETE and result.error is None
     assert result.rows_written == 1500
     assert result.pages == 2 == fake_upstream.count(KLINES)  # 1500 missing bars, 1000 per page
-    # Only the missing part was asked for, oldest first.
-    asked = [(int(r.query["startTime"]), int(r.query["endTime"])) for r in fake_upstream.requests]
-    assert asked[0][0] == lo * 1000
-    assert all(end < newer * 1000 for _, end in asked)
+    # Only the missing part was asked for, oldest first, in whole pages from where it starts.
+    asked = [int(r.query["startTime"]) for r in fake_upstream.requests]
+    assert asked == [lo * 1000, add_bars(M1, lo, 1000) * 1000]
     assert result.covered_until == hi and result.since == since == lo
     # The cache now holds exactly the truth for the whole range, and not the open bar.
     assert stored(store, "BTCUSDT", "1m", 0, NOW + 3600) == truth(fake_upstream, "BTCUSDT", "1m", lo, hi)
@@ -215,7 +214,27 @@ def test_one_failing_job_does_not_stop_the_others(wiring: Wiring, fake_upstream:
     # Forex 4H is built from hours: the job fills the hours (and says so), nothing is stored as 4H.
     assert summary.jobs[4].interval == "4H"
     assert stored(store, "EUR/USD", "4H", 0, NOW) == []
-    assert stored(store, "EUR/USD", "1H", 0, NOW) == truth(fake_upstream, "EUR/USD", "1H", *span("1H", since, NOW))
+    hours = truth(fake_upstream, "EUR/USD", "1H", *span("1H", since, NOW))
+    assert stored(store, "EUR/USD", "1H", 0, NOW) == hours
+
+
+def test_a_plan_gated_pair_fails_its_job_with_the_reason_and_the_others_run(
+    wiring: Wiring, fake_upstream: FakeUpstream, store
+) -> None:
+    # A served pair answering Twelve Data's "available starting with the Grow or Venture plan" 404 body.
+    fake_upstream.plan_gated_symbols = {"GBP/NZD"}
+    since = NOW - 3 * 86400
+    summary = run(wiring, [job("GBP/NZD", "1H", since), job("EUR/USD", "1H", since)])
+
+    assert [j.status for j in summary.jobs] == [JobStatus.FAILED, JobStatus.COMPLETE]
+    error = summary.jobs[0].error or ""
+    assert "SymbolNotInPlan" in error and "higher Twelve Data plan" in error and "Grow or Venture" in error
+    assert summary.jobs[0].rows_written == 0 and summary.jobs[0].covered_until is None
+    assert stored(store, "GBP/NZD", "1H", 0, NOW) == [] and store.read_coverage("GBP/NZD", "1H", 0, NOW) == []
+    assert fake_upstream.count(TIME_SERIES) == 2  # one refused request for GBP/NZD, not retried
+    eur_usd = truth(fake_upstream, "EUR/USD", "1H", *span("1H", since, NOW))
+    assert stored(store, "EUR/USD", "1H", 0, NOW) == eur_usd
+    assert not summary.ok
 
 
 def test_a_provider_failure_mid_job_keeps_the_pages_stored_before_it(
@@ -274,8 +293,8 @@ def test_an_unexpected_bug_in_one_job_is_contained(wiring: Wiring, fake_upstream
 
 def _forex_wiring(fake_upstream: FakeUpstream, store, settings, credits: int) -> Wiring:
     fake_upstream.now = NOW
-    # The fake enforces the same per-minute credit limit as the free tier: exceeding it would show as a
-    # refused request, so a clean run proves the pacing kept under it.
+    # The fake enforces the same per-minute credit limit as the plan: exceeding it would show as a refused
+    # request, so a clean run proves the shared budget kept under it.
     fake_upstream.twelve_data_credits_per_minute = credits
     return wire(fake_upstream, store, settings, credits_per_minute=credits)
 
@@ -290,7 +309,8 @@ def test_twelve_data_pacing_waits_for_the_next_credits(fake_upstream: FakeUpstre
     pages = fake_upstream.count(TIME_SERIES)
     assert result.pages == pages == 5
     # Two pages per minute: wait a minute after pages 2 and 4, never sleeping for real.
-    assert wiring.sleeps == [pytest.approx(60.0), pytest.approx(60.0)]
+    # Credits are counted per UTC minute: the first wait ends at the next minute (NOW is 20 s into one).
+    assert wiring.sleeps == [pytest.approx(40.0), pytest.approx(60.0)]
     assert not any("run out of API credits" in str(r) for r in fake_upstream.requests)
     lo, hi = span("1m", since, fake_upstream.now)  # two minutes later: two more closed bars, also fetched
     assert stored(store, "EUR/USD", "1m", 0, fake_upstream.now) == truth(
@@ -358,26 +378,28 @@ def test_first_open_alignment_for_mid_bar_since(wiring: Wiring, fake_upstream: F
     assert stored(store, "BTCUSDT", "1H", 0, NOW)[0].time == first
 
 
-def test_the_backfill_service_paces_twelve_data_with_the_setting(
+def test_the_backfill_service_counts_twelve_data_credits_with_the_setting(
     fake_upstream: FakeUpstream, database_url: str
 ) -> None:
-    from marketdata.backfill import PacedProvider, build_backfill_service
-    from marketdata.schemas import AssetClass
+    from marketdata.backfill import build_backfill_service
 
     fake_upstream.now = NOW
-    settings = backfill_settings(fake_upstream, database_url, TWELVE_DATA_CREDITS_PER_MINUTE=1)
+    # Two credits a minute, one of them kept for API requests: the backfill gets one.
+    settings = backfill_settings(
+        fake_upstream,
+        database_url,
+        TWELVE_DATA_CREDITS_PER_MINUTE=2,
+        TWELVE_DATA_RESERVED_CREDITS_PER_MINUTE=1,
+    )
     service = build_backfill_service(settings, clock=fake_upstream.clock)
     try:
-        assert isinstance(service.providers[AssetClass.FOREX], PacedProvider)
-        assert not isinstance(service.providers[AssetClass.CRYPTO], PacedProvider)
         jobs = [job("EUR/USD", "1D", NOW - 30 * 86400), job("GBP/USD", "1D", NOW - 30 * 86400)]
         jobs.append(job("BTCUSDT", "1D", NOW - 30 * 86400))
         summary = run_backfill(jobs, service, clock=fake_upstream.clock, deadline=NOW + 30)
     finally:
-        assert service.store is not None
-        service.store.close()
+        service.close()
     assert [j.status for j in summary.jobs] == [JobStatus.COMPLETE, JobStatus.DEFERRED, JobStatus.COMPLETE]
-    assert "1 per minute" in summary.jobs[1].error
+    assert "TWELVE_DATA_CREDITS_PER_MINUTE" in summary.jobs[1].error
     assert fake_upstream.count(TIME_SERIES) == 1 and fake_upstream.count(KLINES) == 1
 
 

@@ -48,20 +48,22 @@ def run_concurrently(database_url: str, fake: Any, request: dict[str, Any]) -> l
     return outcomes
 
 
-def check_outcomes(outcomes: list[tuple], expected: list[Any], pages: int) -> None:
+def check_outcomes(outcomes: list[tuple], expected: list[Any], pages: int, stored: int) -> None:
     errors = [o for o in outcomes if o[0] != "ok"]
     assert errors == []
     truth = [tuple(c) for c in expected]
     for _, _cache, _calls, _rows, candles in outcomes:
         assert candles == truth
     assert sum(o[2] for o in outcomes) == pages  # provider calls, as the processes saw them
-    assert sum(o[3] for o in outcomes) == len(expected)  # each bar written by exactly one process
+    assert sum(o[3] for o in outcomes) == stored  # each bar written by exactly one process
     # Only processes that fetched a page call their answer a miss; everyone else was served by the others.
     assert 1 <= sum(1 for o in outcomes if o[1] == "miss") <= pages
     assert {o[1] for o in outcomes} <= {"hit", "miss"}
 
 
-def check_table(database_url: str, symbol: str, interval: Interval, expected: list[Any]) -> None:
+def check_table(database_url: str, fake: Any, symbol: str, interval: Interval, expected: list[Any]) -> int:
+    """The table holds whole provider pages around the answer, each bar once, equal to the truth, under
+    one coverage row; returns how many bars it holds."""
     conn = connect(database_url)
     try:
         rows = conn.run(
@@ -70,13 +72,16 @@ def check_table(database_url: str, symbol: str, interval: Interval, expected: li
             s=symbol,
             i=interval.value,
         )
-        assert [tuple(r) for r in rows] == [tuple(c) for c in expected]
+        stored = [tuple(r) for r in rows]
+        assert stored == [tuple(c) for c in fake.expected_bars(symbol, interval, stored[0][0], stored[-1][0])]
+        assert set(stored) >= {tuple(c) for c in expected}
         total, distinct = conn.run(
             "SELECT count(*), count(DISTINCT (symbol, interval, open_time)) FROM ohlcv_cache"
         )[0]
-        assert total == distinct == len(expected)
+        assert total == distinct == len(stored)
         coverage = conn.run("SELECT start_time, end_time FROM ohlcv_coverage WHERE symbol = :s", s=symbol)
         assert len(coverage) == 1
+        return len(stored)
     finally:
         conn.close()
 
@@ -89,8 +94,9 @@ def test_twenty_processes_one_cold_range_one_request_per_page(database_url, fake
     expected = fake.expected_bars("BTCUSDT", "1m", start, add_bars(m1, start, 3499))
     assert len(expected) == 3500
     assert fake.count(KLINES) == 4  # ceil(3500 / 1000): one request per page, not per process
-    check_outcomes(outcomes, expected, pages=4)
-    check_table(database_url, "BTCUSDT", m1, expected)
+    stored = check_table(database_url, fake, "BTCUSDT", m1, expected)
+    assert stored == 4000  # whole pages: the last one reaches ahead of the answer
+    check_outcomes(outcomes, expected, pages=4, stored=stored)
 
 
 @pytest.mark.pgbouncer
@@ -102,8 +108,9 @@ def test_twenty_processes_through_pgbouncer(pgbouncer_url, database_url, fake) -
     expected = fake.expected_bars("ETHUSDT", "5m", add_bars(m5, end, -2499), end)
     assert len(expected) == 2500
     assert fake.count(KLINES) == 3
-    check_outcomes(outcomes, expected, pages=3)
-    check_table(database_url, "ETHUSDT", m5, expected)
+    stored = check_table(database_url, fake, "ETHUSDT", m5, expected)
+    assert stored == 3000  # whole pages back from the newest bar
+    check_outcomes(outcomes, expected, pages=3, stored=stored)
 
 
 @pytest.mark.pgbouncer

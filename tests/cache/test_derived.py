@@ -140,8 +140,9 @@ def test_hours_already_cached_serve_4h_without_a_request(service, fake) -> None:
 
 def test_a_4h_bar_is_known_only_once_all_its_hours_are(service, fake, raw_conn) -> None:
     monday = ts(2024, 2, 12)
-    # Hours 00-02 cached: the 00:00 4H bar still lacks its 03:00 hour.
-    service.get_historical_candles("EUR/USD", "1H", start=monday, end=monday + 2 * H, limit=10)
+    # Hours up to 02:00 cached (a request for the bars up to it fills a whole page back from 02:00): the
+    # 00:00 4H bar still lacks its 03:00 hour.
+    service.get_historical_candles("EUR/USD", "1H", end=monday + 2 * H, limit=3)
     assert fake.count(SERIES) == 1
     result = service.get_historical_candles("EUR/USD", "4H", start=monday, end=monday, limit=10)
     assert result.candles == service_truth(fake, "EUR/USD", "4H", monday, monday)

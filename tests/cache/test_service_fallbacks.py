@@ -74,9 +74,13 @@ def test_provider_failing_after_some_pages_keeps_them_and_answers_partial(servic
     assert coverage(raw_conn) == [(START, add_bars(M1, START, 999))]
     assert row_times(raw_conn) == [c.time for c in first_page]
 
-    # Once the provider is back, only the missing pages are fetched.
-    crypto.requests.clear()
+    # Nobody asks the provider until its Retry-After has passed (shared by every Lambda) ...
     crypto.fail_on.clear()
+    waiting = service.get_historical_candles("BTCUSDT", "1m", start=START, limit=3000)
+    assert waiting.cache is CacheStatus.PARTIAL and waiting.candles == first_page and crypto.calls == 2
+    # ... then, the provider back, only the missing pages are fetched.
+    crypto.clock.now += 8
+    crypto.requests.clear()
     again = service.get_historical_candles("BTCUSDT", "1m", start=START, limit=3000)
     assert again.cache is CacheStatus.MISS
     assert again.candles == crypto.truth("BTCUSDT", M1, START, add_bars(M1, START, 2999))
@@ -84,12 +88,18 @@ def test_provider_failing_after_some_pages_keeps_them_and_answers_partial(servic
 
 
 def test_provider_failing_with_nothing_cached_raises_the_typed_error(service, crypto, raw_conn) -> None:
+    service.get_symbols("crypto")  # the list /v1/candles checks symbols against
     before = snapshot(raw_conn)
     crypto.fail_on[1] = UpstreamRateLimited("slow down", provider="binance", retry_after=7)
     with pytest.raises(UpstreamRateLimited) as info:
         service.get_historical_candles("BTCUSDT", "1m", start=START, limit=100)
     assert info.value.retry_after == 7
     assert snapshot(raw_conn) == before
+    # The back-off is shared: until it ends, nobody asks the provider (refused before any request).
+    calls = crypto.calls
+    with pytest.raises(UpstreamRateLimited) as again:
+        service.get_historical_candles("ETHUSDT", "1m", start=START, limit=100)
+    assert crypto.calls == calls and again.value.retry_after == 7
 
 
 def test_partial_latest_bars_when_the_newest_page_fails(service, crypto) -> None:
@@ -106,20 +116,26 @@ def test_partial_latest_bars_when_the_newest_page_fails(service, crypto) -> None
     ][3:]
 
 
-def test_unknown_symbol_propagates_and_stores_nothing(service, raw_conn) -> None:
+def test_unknown_symbol_propagates_and_stores_nothing(service, crypto, raw_conn) -> None:
+    service.get_symbols("crypto")
+    service.get_symbols("forex")
     before = snapshot(raw_conn)
     with pytest.raises(SymbolNotFound):
         service.get_historical_candles("NOPEUSDT", "1H", limit=10)
     assert snapshot(raw_conn) == before
+    assert crypto.calls == 0  # not in the symbol list: refused without asking the provider
 
 
 # --- single-flight wait timed out ------------------------------------------------------------------
 
 
-def test_single_flight_timeout_answers_live_without_storing(
+def test_a_holder_making_no_progress_is_not_fetched_around(
     db_settings, crypto, forex, clock, raw_conn, caplog
 ) -> None:
-    impatient = db_settings.model_copy(update={"single_flight_wait_seconds": 0.2})
+    """Another request holds the series' fill lock and stores nothing: after SINGLE_FLIGHT_WAIT_SECONDS
+    without progress the waiter answers from what is stored (here: nothing yet), partial, and never
+    fetches the same pages itself (that is what multiplied provider calls under load)."""
+    impatient = db_settings.model_copy(update={"single_flight_wait_seconds": 0.6})
     service = make_service(CandleStore(impatient), impatient, crypto, forex, clock)
     holder = CandleStore(db_settings)
     try:
@@ -128,11 +144,10 @@ def test_single_flight_timeout_answers_live_without_storing(
     finally:
         holder.close()
         service.store.close()
-    last = last_closed_open(H1, NOW)
-    assert result.candles == crypto.truth("BTCUSDT", H1, add_bars(H1, last, -49), last)
-    assert result.cache is CacheStatus.MISS and result.rows_written == 0
+    assert result.candles == [] and result.cache is CacheStatus.PARTIAL
+    assert crypto.calls == 0 and result.rows_written == 0
     assert row_times(raw_conn, interval=H1) == [] and coverage(raw_conn, interval=H1) == []
-    assert "single-flight wait timed out" in caplog.text
+    assert "single-flight wait ended" in caplog.text
 
 
 # --- database unavailable --------------------------------------------------------------------------
@@ -213,10 +228,11 @@ def test_fill_gaps_pages_deadline_and_resume(service, crypto, clock, raw_conn) -
     assert stopped.pages == 0 and not stopped.complete and crypto.calls == 1
 
     rest = service.fill_gaps("BTCUSDT", "1m", START, end)
-    assert rest.pages == 2 and rest.rows_written == 1500 and rest.complete
-    assert rest.covered_until == end
-    assert coverage(raw_conn) == [(START, end)]
-    assert row_times(raw_conn) == [c.time for c in crypto.truth("BTCUSDT", M1, START, end)]
+    page_end = add_bars(M1, START, 2999)  # whole pages: the last one reaches past the range
+    assert rest.pages == 2 and rest.rows_written == 2000 and rest.complete
+    assert rest.covered_until == page_end
+    assert coverage(raw_conn) == [(START, page_end)]
+    assert row_times(raw_conn) == [c.time for c in crypto.truth("BTCUSDT", M1, START, page_end)]
 
     nothing = service.fill_gaps("BTCUSDT", "1m", START, end)
     assert nothing.pages == 0 and nothing.complete and crypto.calls == 3

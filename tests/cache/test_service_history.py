@@ -74,14 +74,17 @@ def test_cold_request_fills_in_minimum_pages_then_repeat_is_a_hit(service, crypt
     )
     assert first.candles == truth
     assert first.cache is CacheStatus.MISS
-    assert first.provider_calls == 2 and first.rows_written == 1500
+    # The latest bars are filled newest first, in whole pages (the second reaches 500 bars further back).
+    page_lo = add_bars(H1, LAST_H1, -1999)
+    assert first.provider_calls == 2 and first.rows_written == 2000
     assert crypto.requests == [
-        ("BTCUSDT", H1, lo, add_bars(H1, lo, 999)),
-        ("BTCUSDT", H1, add_bars(H1, lo, 1000), LAST_H1),
+        ("BTCUSDT", H1, add_bars(H1, LAST_H1, -999), LAST_H1),
+        ("BTCUSDT", H1, page_lo, add_bars(H1, LAST_H1, -1000)),
     ]
     assert first.next_start is None and first.reaches_present
-    assert stored_rows(raw_conn, "BTCUSDT", H1) == [c.time for c in truth]
-    assert coverage_rows(raw_conn, "BTCUSDT", H1) == [(lo, LAST_H1)]
+    stored = crypto.truth("BTCUSDT", H1, page_lo, LAST_H1)
+    assert stored_rows(raw_conn, "BTCUSDT", H1) == [c.time for c in stored]
+    assert coverage_rows(raw_conn, "BTCUSDT", H1) == [(page_lo, LAST_H1)]
 
     second = service.get_historical_candles("BTCUSDT", H1, limit=1500)
     assert second.candles == truth
@@ -99,21 +102,21 @@ def test_overlap_fetches_only_the_uncovered_parts(service, crypto) -> None:
     wide_lo, wide_hi = add_bars(H1, base, -200), add_bars(H1, base, 1499)
     result = service.get_historical_candles("BTCUSDT", "1H", start=wide_lo, end=wide_hi, limit=5000)
     assert result.candles == crypto.truth("BTCUSDT", H1, wide_lo, wide_hi)
-    assert result.cache is CacheStatus.MISS and result.rows_written == 700
-    # Two gaps, one page each: the minimum.
+    # Two gaps, one whole page each from the gap on (the second reaches ahead of the answer).
+    assert result.cache is CacheStatus.MISS and result.rows_written == 200 + 1000
     assert crypto.requests == [
-        ("BTCUSDT", H1, wide_lo, add_bars(H1, base, -1)),
-        ("BTCUSDT", H1, add_bars(H1, base, 1000), wide_hi),
+        ("BTCUSDT", H1, wide_lo, add_bars(H1, base, 799)),
+        ("BTCUSDT", H1, add_bars(H1, base, 1000), add_bars(H1, base, 1999)),
     ]
     crypto.requests.clear()
 
-    # 2500 uncovered bars after what is cached: ceil(2500 / 1000) = 3 pages, nothing refetched.
+    # After what is cached (to base + 1999): 2000 uncovered bars, 2 pages, nothing refetched.
     far_hi = add_bars(H1, wide_hi, 2500)
     result = service.get_historical_candles("BTCUSDT", "1H", start=base, end=far_hi, limit=5000)
     assert len(result.candles) == 4000
     assert result.candles == crypto.truth("BTCUSDT", H1, base, far_hi)
-    assert [r[2] for r in crypto.requests] == [add_bars(H1, wide_hi, k) for k in (1, 1001, 2001)]
-    assert result.provider_calls == 3 and result.rows_written == 2500
+    assert [r[2] for r in crypto.requests] == [add_bars(H1, base, k) for k in (2000, 3000)]
+    assert result.provider_calls == 2 and result.rows_written == 2000
 
 
 def test_forex_weekend_is_remembered_as_covered(service, forex, raw_conn) -> None:
@@ -132,7 +135,7 @@ def test_forex_weekend_is_remembered_as_covered(service, forex, raw_conn) -> Non
     saturday = ts(2024, 5, 11)
     inside = service.get_historical_candles("EUR/USD", "1H", start=saturday, end=saturday + 23 * 3600)
     assert inside.candles == [] and forex.calls == 1
-    assert coverage_rows(raw_conn, "EUR/USD", H1) == [(friday, monday_end)]
+    assert coverage_rows(raw_conn, "EUR/USD", H1) == [(friday, LAST_H1)]  # one whole page, to the present
 
 
 def test_latest_forex_bars_widen_across_weekends_to_reach_the_limit(service, forex) -> None:
@@ -170,16 +173,23 @@ def test_open_bar_is_returned_live_and_never_stored(service, crypto, raw_conn) -
     assert max(stored_rows(raw_conn, "BTCUSDT", H1)) == LAST_H1
     assert max(end for _, end in coverage_rows(raw_conn, "BTCUSDT", H1)) == LAST_H1
 
-    # Asked again: closed bars from the cache, the open bar live again (one call), still not stored.
+    # Asked again within BINANCE_OPEN_BAR_TTL_SECONDS: the open bar fetched for the first caller serves
+    # every caller (shared in Postgres), with no call at all.
     before = crypto.calls
     again = service.get_historical_candles("BTCUSDT", "1H", limit=10, include_open=True)
     assert again.candles == result.candles and again.cache is CacheStatus.HIT
-    assert crypto.calls == before + 1 and again.provider_calls == 1
+    assert crypto.calls == before and again.provider_calls == 0
+    # Past the TTL it is fetched live again (one call), and still never stored.
+    crypto.clock.now += 3
+    later = service.get_historical_candles("BTCUSDT", "1H", limit=10, include_open=True)
+    assert later.candles[-1] == make_bar("BTCUSDT", H1, open_time, open_bar=True)
+    assert crypto.calls == before + 1 and later.provider_calls == 1
     assert max(stored_rows(raw_conn, "BTCUSDT", H1)) == LAST_H1
+    before += 1
 
     # A range that ends before the open bar never includes it.
     closed_only = service.get_historical_candles("BTCUSDT", "1H", end=LAST_H1, limit=10, include_open=True)
-    assert closed_only.candles == result.candles[:10] and crypto.calls == before + 1
+    assert closed_only.candles == result.candles[:10] and crypto.calls == before
 
     # Without include_open the open bar is not there.
     plain = service.get_historical_candles("BTCUSDT", "1H", limit=10)
@@ -198,7 +208,8 @@ def test_start_equals_end(service, crypto, raw_conn) -> None:
     calls = crypto.calls
     none = service.get_historical_candles("BTCUSDT", "1H", start=t + 60, end=t + 60)
     assert none.candles == [] and crypto.calls == calls and none.cache is CacheStatus.HIT
-    assert stored_rows(raw_conn, "BTCUSDT", H1) == [t]
+    # One whole page was fetched from t on: up to the present.
+    assert stored_rows(raw_conn, "BTCUSDT", H1) == [c.time for c in crypto.truth("BTCUSDT", H1, t, LAST_H1)]
 
 
 def test_start_mid_bar_skips_to_the_next_bar_and_end_mid_bar_includes_its_bar(service) -> None:
@@ -220,7 +231,8 @@ def test_range_before_listing_is_empty_and_remembered(service, crypto, raw_conn)
     d1 = Interval.D1
     result = service.get_historical_candles("BTCUSDT", "1D", start=ts(2017, 1, 1), end=ts(2017, 2, 1))
     assert result.candles == [] and crypto.calls == 1
-    assert coverage_rows(raw_conn, "BTCUSDT", d1) == [(ts(2017, 1, 1), ts(2017, 2, 1))]
+    # One whole page from the start: the 1000 days after it are known (bars from the listing on).
+    assert coverage_rows(raw_conn, "BTCUSDT", d1) == [(ts(2017, 1, 1), add_bars(d1, ts(2017, 1, 1), 999))]
     again = service.get_historical_candles("BTCUSDT", "1D", start=ts(2017, 1, 1), end=ts(2017, 2, 1))
     assert again.candles == [] and again.cache is CacheStatus.HIT and crypto.calls == 1
 
@@ -237,7 +249,9 @@ def test_limit_one_and_five_thousand(service, crypto) -> None:
     m1 = Interval.M1
     start = ts(2024, 5, 1)
     big = service.get_historical_candles("BTCUSDT", "1m", start=start, limit=5000)
-    assert big.candles == crypto.truth("BTCUSDT", m1, start, add_bars(m1, start, 4999))
+    truth = crypto.truth("BTCUSDT", m1, start, add_bars(m1, start, 4999))
+    # Five pages fill the largest answer: within BINANCE_MAX_REQUESTS_PER_CALL (5).
+    assert big.candles == truth and big.cache is CacheStatus.MISS
     assert big.provider_calls == 5 and big.rows_written == 5000
     assert big.next_start == add_bars(m1, start, 5000) and not big.reaches_present
 
@@ -298,4 +312,4 @@ def test_calendar_intervals_mid_bar_bounds(service, crypto) -> None:
         "BTCUSDT", "1M", start=months.next_start, end=ts(2024, 3, 31), limit=6
     )
     assert [c.time for c in rest.candles] == [ts(2023, m, 1) for m in range(8, 13)] + [ts(2024, 1, 1)]
-    assert crypto.calls == 3  # weeks once, months twice (each page of six months once)
+    assert crypto.calls == 2  # weeks once, months once (one whole page reaches past both answers)

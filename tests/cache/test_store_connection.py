@@ -6,6 +6,7 @@ import json
 import ssl
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -355,14 +356,22 @@ def test_injected_connection_factory_errors_are_wrapped() -> None:
 
 
 def test_statement_outliving_the_timeout_is_cut_and_not_retried(database_url: str) -> None:
-    store = CandleStore(settings(DATABASE_URL=database_url, DB_STATEMENT_TIMEOUT_MS="300"))
+    store = CandleStore(
+        settings(DATABASE_URL=database_url, DB_STATEMENT_TIMEOUT_MS="300", DB_RETRY_AFTER_SECONDS="0.5")
+    )
     try:
         store.ping()
         before = store.round_trips
         with pytest.raises(DatabaseUnavailable, match=r"did not answer within 1\.3 s"):
             store._run("SELECT pg_sleep(30)")
         assert store.round_trips - before == 1  # not retried on a new connection
-        store.ping()  # the next call gets a fresh connection
+        # A database that hangs is not asked again for DB_RETRY_AFTER_SECONDS: refused at once ...
+        t0 = time.monotonic()
+        with pytest.raises(DatabaseUnavailable, match="not tried again"):
+            store.ping()
+        assert time.monotonic() - t0 < 0.2 and store.round_trips - before == 1
+        time.sleep(0.6)
+        store.ping()  # ... then the next call gets a fresh connection
     finally:
         store.close()
 

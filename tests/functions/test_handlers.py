@@ -113,14 +113,16 @@ def test_paging_with_next_start_gives_every_bar_once_in_order(api: Api, fake_ups
 
 
 def test_forex_candles_come_from_twelve_data(api: Api, fake_upstream: FakeUpstream):
-    start, end = JAN_1_2024, JAN_1_2024 + 13 * 86400  # two weeks: weekends have no bars
+    start, end = JAN_1_2024, JAN_1_2024 + 13 * 86400  # two weeks
     answer = api.candles(symbol="eur/usd", interval="1D", start=start, end=end)
 
     assert answer.status == 200
     body = answer.json()
     assert (body["symbol"], body["asset_class"], body["provider"]) == ("EUR/USD", "forex", "twelve_data")
     assert body["candles"] == as_rows(fake_upstream.expected_candles("EUR/USD", "1D", start, end))
-    assert len(body["candles"]) == 10
+    # Every weekday, and the Saturday- and Sunday-dated days the provider has.
+    weekdays = [start + d * 86400 for d in range(14) if d % 7 < 5]
+    assert {bar["time"] for bar in body["candles"]} >= set(weekdays)
 
 
 def test_a_5000_candle_answer_is_complete(api: Api, fake_upstream: FakeUpstream):
@@ -258,6 +260,21 @@ def test_an_unknown_forex_pair_is_404(api: Api):
 
     assert answer.status == 404
     assert answer.json()["param"] == "symbol"
+
+
+@pytest.mark.parametrize("real_status", [False, True])
+def test_a_pair_outside_the_twelve_data_plan_is_403(api: Api, fake_upstream: FakeUpstream, real_status: bool):
+    # A served pair that answers the "available starting with the Grow or Venture plan" 404 body (as
+    # USD/TRY does by default): not the caller's typo, not a passing outage.
+    fake_upstream.plan_gated_symbols = {"GBP/NZD"}
+    fake_upstream.twelve_data_real_status = real_status
+    answer = api.candles(symbol="GBP/NZD", interval="1H", start=JAN_1_2024, end=JAN_1_2024 + 5 * HOUR)
+
+    assert answer.status == 403
+    body = answer.json()
+    assert body["param"] == "symbol"
+    assert "GBP/NZD" in body["message"] and "higher Twelve Data plan" in body["message"]
+    assert answer.headers["cache-control"] == "no-store"
 
 
 def test_rate_limited_with_nothing_cached_is_503_with_retry_after(api: Api, fake_upstream: FakeUpstream):
@@ -416,7 +433,7 @@ def test_each_invocation_emits_emf_metrics(api: Api, capsys: pytest.CaptureFixtu
     assert {"CacheMiss", "ProviderCalls", "RowsWritten", "Latency"} <= names
     # EMF values are lists (one entry per add_metric call in the invocation).
     assert emf["ProviderCalls"][0] >= 1
-    assert emf["RowsWritten"] == [3.0]
+    assert emf["RowsWritten"] == [1000.0]  # one whole provider page from the start (3 bars answered)
     assert emf["Latency"][0] > 0
     assert emf["Operation"] == "candles"
     assert "ClientErrors" not in emf and "ServerErrors" not in emf

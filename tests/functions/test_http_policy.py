@@ -11,6 +11,7 @@ from marketdata.errors import (
     InvalidInterval,
     InvalidRequest,
     SymbolNotFound,
+    SymbolNotInPlan,
     UpstreamAuthError,
     UpstreamBadResponse,
     UpstreamRateLimited,
@@ -41,6 +42,7 @@ def test_typed_errors_map_to_statuses():
         (InvalidRequest("limit must be 1..5000", param="limit"), 400, "limit"),
         (InvalidInterval("unsupported interval '2H'"), 400, "interval"),
         (SymbolNotFound("NOPE", "binance"), 404, "symbol"),
+        (SymbolNotInPlan("USD/TRY", "twelve_data", display_name="Twelve Data"), 403, "symbol"),
         (UpstreamRateLimited("Binance rate limit", provider="binance", retry_after=3), 503, None),
         (UpstreamUnavailable("Binance did not answer in time", provider="binance"), 502, None),
         (UpstreamBadResponse("Binance sent HTML", provider="binance"), 502, None),
@@ -53,6 +55,16 @@ def test_typed_errors_map_to_statuses():
         error = http.error_for_exception(exc, request_id="r-1")
         assert (error.status, error.param) == (status, param), exc
         assert error.status != 500
+
+
+def test_a_pair_outside_the_plan_says_it_needs_a_higher_twelve_data_plan():
+    exc = SymbolNotInPlan("USD/TRY", "twelve_data", display_name="Twelve Data", plan="Grow or Venture")
+    error = http.error_for_exception(exc, request_id="r-1")
+    assert (error.status, error.param) == (403, "symbol")
+    assert error.message == (
+        "'USD/TRY' needs a higher Twelve Data plan than the service's API key has "
+        "(available starting with the Grow or Venture plan)"
+    )
 
 
 def test_operator_details_never_reach_the_caller():

@@ -1,6 +1,6 @@
 """The provider clients against the fake upstream server (tests/support/fake_upstream.py), over real HTTP.
 
-The fake speaks both APIs as PROVIDERS.md describes them (paging, caps, timezones, weekends, error
+The fake speaks both APIs as docs/providers.md describes them (paging, caps, timezones, weekends, error
 bodies) and computes the truth independently (`expected_bars`), so these tests check the clients'
 paging, parsing, UTC handling, open-bar split, error mapping and retries end to end. Timeouts and
 retry budgets are the small ones of `upstream_settings` (read 1 s, budget 2 s, 3 attempts).
@@ -19,6 +19,7 @@ from marketdata.config import Settings
 from marketdata.errors import (
     InvalidRequest,
     SymbolNotFound,
+    SymbolNotInPlan,
     UpstreamAuthError,
     UpstreamBadResponse,
     UpstreamRateLimited,
@@ -27,6 +28,7 @@ from marketdata.errors import (
 from marketdata.intervals import Interval
 from marketdata.providers.binance import BinanceClient
 from marketdata.providers.twelve_data import TwelveDataClient
+from marketdata.schemas import Candle
 from tests.support import fake_upstream as fu
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.upstream_fixtures import TEST_TWELVE_DATA_API_KEY, settings_for
@@ -331,7 +333,12 @@ def test_forex_timestamps_are_utc_and_equal_the_truth(
     result = twelve_on_fake.fetch_timeseries("EUR/USD", "1H", start, end)
     truth = fake_upstream.expected_candles("EUR/USD", "1H", start, end)
     assert result.candles == truth
-    assert len(truth) == 5 * 24 + 1  # Mon 00:00..Fri 21:00 = 118 bars, Sun 22:00..Mon 00:00 = 3
+    # Every hour outside the weekend closure (Friday 17:00 to Sunday 17:00 New York = 21:00 UTC in
+    # May), and whatever weekend hours the provider has.
+    closes, reopens = fu.weekend_closure(start)
+    assert (closes, reopens) == (ts("2024-05-17 21:00"), ts("2024-05-19 21:00"))
+    open_hours = [t for t in range(start, end + 1, HOUR) if not closes <= t < reopens]
+    assert {c.time for c in truth} >= set(open_hours) and len(open_hours) == 5 * 24 + 1
     assert all(c.volume == 0.0 for c in result.candles)
     # The request asked for UTC, oldest first, and did not put the key in the URL.
     (path, query), *_ = fake_upstream.requests
@@ -351,16 +358,36 @@ def test_forex_timestamps_are_utc_and_equal_the_truth(
 def test_daily_and_longer_forex_bars_are_midnight_utc(
     twelve_on_fake: TwelveDataClient, fake_upstream: FakeUpstream, interval: str, start: str, end: str
 ) -> None:
+    # (The client reads Twelve Data's own 1week/1month bars here; the service builds 1W/1M from 1day.)
     result = twelve_on_fake.fetch_timeseries("USD/JPY", interval, ts(start), ts(end))
     assert result.candles == fake_upstream.expected_candles("USD/JPY", interval, ts(start), ts(end))
     assert result.candles and all(c.time % DAY == 0 for c in result.candles)
     if interval == "1D":
-        assert all(time.gmtime(c.time).tm_wday < 5 for c in result.candles)
+        # Every weekday, and the Saturday- and Sunday-dated bars the provider has: none is dropped.
+        weekdays = [t for t in range(ts(start), ts(end) + 1, DAY) if time.gmtime(t).tm_wday < 5]
+        assert {c.time for c in result.candles} >= set(weekdays) and result.dropped == 0
 
 
-def test_weekend_range_is_a_covered_empty_page(
+@pytest.mark.parametrize("populated", [True, False])
+def test_weekend_bars_are_kept_and_the_weekend_covered(
+    twelve_on_fake: TwelveDataClient, fake_upstream: FakeUpstream, populated: bool
+) -> None:
+    monday = next(
+        m for m in range(ts("2024-01-01"), ts("2025-01-01"), 7 * DAY) if fu.weekend_populated(m) == populated
+    )
+    start, end = monday + 5 * DAY, monday + 6 * DAY + 20 * HOUR  # Saturday 00:00 .. Sunday 20:00 UTC
+    result = twelve_on_fake.fetch_timeseries("GBP/USD", "1H", start, end)
+    truth = fake_upstream.expected_candles("GBP/USD", "1H", start, end)
+    assert result.candles == truth and result.pages == 1 and result.dropped == 0
+    assert len(truth) == 45 if populated else len(truth) < 10  # throughout, or a few sporadic hours
+    assert result.covered == [(start, end)]
+    assert fake_upstream.count(SERIES) == 1
+
+
+def test_weekend_range_without_bars_is_a_covered_empty_page(
     twelve_on_fake: TwelveDataClient, fake_upstream: FakeUpstream
 ) -> None:
+    fake_upstream.forex_model = "simple"  # no weekend bars at all: the 2026 code 400 "no data" body
     start, end = ts("2024-05-18"), ts("2024-05-19 21:00")  # Saturday 00:00 .. Sunday 21:00
     result = twelve_on_fake.fetch_timeseries("GBP/USD", "1H", start, end)
     assert result.candles == [] and result.pages == 1
@@ -402,12 +429,31 @@ def test_no_data_404_before_the_history_is_an_empty_result(
     assert result.candles == [] and result.covered == [(ts("1999-01-01"), ts("1999-06-01"))]
 
 
-def test_no_data_404_with_its_real_http_status_is_still_empty(
-    twelve_on_fake: TwelveDataClient, fake_upstream: FakeUpstream
+@pytest.mark.parametrize("string_codes", [False, True])
+@pytest.mark.parametrize("real_status", [False, True])
+def test_no_data_with_either_transport_and_code_type_is_still_empty(
+    twelve_on_fake: TwelveDataClient, fake_upstream: FakeUpstream, real_status: bool, string_codes: bool
 ) -> None:
-    fake_upstream.twelve_data_real_status = True
-    result = twelve_on_fake.fetch_timeseries("EUR/USD", "1H", ts("2024-05-18"), ts("2024-05-19"))
+    fake_upstream.twelve_data_real_status = real_status
+    fake_upstream.twelve_data_string_codes = string_codes
+    result = twelve_on_fake.fetch_timeseries("EUR/USD", "1H", ts("2004-05-18"), ts("2004-05-19"))
     assert result.candles == [] and result.pages == 1
+    assert result.covered == [(ts("2004-05-18"), ts("2004-05-19"))]
+
+
+@pytest.mark.parametrize("string_codes", [False, True])
+@pytest.mark.parametrize("real_status", [False, True])
+def test_unknown_and_plan_gated_pairs_are_typed_errors_before_any_page(
+    twelve_on_fake: TwelveDataClient, fake_upstream: FakeUpstream, real_status: bool, string_codes: bool
+) -> None:
+    fake_upstream.twelve_data_real_status = real_status
+    fake_upstream.twelve_data_string_codes = string_codes
+    with pytest.raises(SymbolNotFound):
+        next(twelve_on_fake.iter_pages("ABC/XYZ", Interval.H1, ts("2024-05-13"), ts("2024-05-14")))
+    with pytest.raises(SymbolNotInPlan) as info:
+        next(twelve_on_fake.iter_pages("USD/TRY", Interval.H1, ts("2024-05-13"), ts("2024-05-14")))
+    assert info.value.symbol == "USD/TRY" and info.value.plan == "Grow or Venture"
+    assert fake_upstream.count(SERIES) == 2  # neither is retried
 
 
 def test_unknown_forex_symbol_is_symbol_not_found(
@@ -513,25 +559,51 @@ def test_every_binance_interval_equals_the_truth(
     assert fake_upstream.count(KLINES) == max(1, -(-len(truth) // 1000))
 
 
-@pytest.mark.parametrize("interval", ALL_APP_INTERVALS)
+@pytest.mark.parametrize("interval", [i for i in ALL_APP_INTERVALS if i != "4H"])
 def test_every_forex_interval_equals_the_truth_across_a_weekend(
     twelve_on_fake: TwelveDataClient, fake_upstream: FakeUpstream, interval: str
 ) -> None:
     start, end = ts("2024-02-28 13:17"), ts("2024-03-05 09:00")  # leap day, then Fri 1 Mar - Sun 3 Mar
     result = twelve_on_fake.fetch_timeseries("AUD/NZD", interval, start, end)
     truth = fake_upstream.expected_candles("AUD/NZD", interval, start, end)
-    assert result.candles == truth
+    assert result.candles == truth and result.dropped == 0
     assert truth or interval == "1M"  # no monthly bar opens inside this range
 
 
-def test_weekend_now_has_no_open_bar_and_coverage_stops_at_the_last_closed_hour(
+def test_native_forex_4h_bars_are_off_the_grid_and_dropped(
     twelve_on_fake: TwelveDataClient, fake_upstream: FakeUpstream
 ) -> None:
+    # Twelve Data's own 4h bars open at 17:00 New York + 4k hours (02:00, 06:00 ... UTC in winter):
+    # none is on the UTC 4H grid, so the client keeps none and covers nothing. (The service never asks
+    # for them: it builds forex 4H from 1h bars.)
+    start, end = ts("2024-02-28 13:17"), ts("2024-03-05 09:00")
+    result = twelve_on_fake.fetch_timeseries("AUD/NZD", "4H", start, end)
+    provider_bars = fake_upstream.expected_candles("AUD/NZD", "4H", start, end)
+    assert provider_bars and all(c.time % (4 * HOUR) == 2 * HOUR for c in provider_bars)
+    # (The 14:00 bar before the first 4H slot of the range, 16:00, is outside the window: ignored.)
+    in_window = [c for c in provider_bars if c.time >= ts("2024-02-28 16:00")]
+    assert result.candles == [] and result.dropped == len(in_window) and result.covered == []
+    fake_upstream.forex_model = "simple"  # bars on the epoch grid are read like any other
+    assert twelve_on_fake.fetch_timeseries("AUD/NZD", "4H", start, end).candles == (
+        fake_upstream.expected_candles("AUD/NZD", "4H", start, end)
+    )
+
+
+@pytest.mark.parametrize("model", ["simple", "real"])
+def test_weekend_now_coverage_stops_at_the_last_closed_hour(
+    twelve_on_fake: TwelveDataClient, fake_upstream: FakeUpstream, model: str
+) -> None:
+    fake_upstream.forex_model = model
     fake_upstream.now = ts("2024-05-18 10:30")  # Saturday
     start, end = ts("2024-05-17 12:00"), ts("2024-05-18 23:00")
     result = twelve_on_fake.fetch_timeseries("EUR/USD", "1H", start, end)
-    assert [c.time for c in result.candles] == [ts(f"2024-05-17 {h}:00") for h in range(12, 22)]
-    assert result.open_bar is None
+    assert result.candles == fake_upstream.expected_candles("EUR/USD", "1H", start, end)
+    assert result.open_bar == (
+        None if (bar := fake_upstream.open_bar("EUR/USD", "1H")) is None else Candle(*bar)
+    )
+    if model == "simple":  # no weekend bars: the last is Friday 21:00 UTC, and no open bar
+        assert [c.time for c in result.candles] == [ts(f"2024-05-17 {h}:00") for h in range(12, 22)]
+        assert result.open_bar is None
     assert result.covered == [(start, ts("2024-05-18 09:00"))]
 
 

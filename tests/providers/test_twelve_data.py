@@ -17,8 +17,10 @@ from marketdata.errors import (
     InvalidRequest,
     MarketDataError,
     SymbolNotFound,
+    SymbolNotInPlan,
     UpstreamAuthError,
     UpstreamBadResponse,
+    UpstreamError,
     UpstreamRateLimited,
     UpstreamUnavailable,
 )
@@ -333,14 +335,91 @@ def test_bad_api_key_body(twelve: Make, status: int) -> None:
 
 
 def test_forbidden_body(twelve: Make) -> None:
+    # A 403 naming a plan is the pair outside the key's plan (as the 2026 code 404 body); any other
+    # 403 is the key's problem.
     body = {
         "code": 403,
         "message": "This symbol is available starting with the Grow plan.",
         "status": "error",
     }
     client, _ = twelve(Recorder(json_response(body)))
-    with pytest.raises(UpstreamAuthError, match="Grow plan"):
+    with pytest.raises(SymbolNotInPlan) as info:
         client.fetch_timeseries("EUR/USD", Interval.H1, utc("2025-03-03"), utc("2025-03-04"))
+    assert info.value.plan == "Grow"
+    other = {"code": 403, "message": "Access to this endpoint is forbidden.", "status": "error"}
+    client, _ = twelve(Recorder(json_response(other)))
+    with pytest.raises(UpstreamAuthError, match="forbidden"):
+        client.fetch_timeseries("EUR/USD", Interval.H1, utc("2025-03-03"), utc("2025-03-04"))
+
+
+@pytest.mark.parametrize(
+    ("code", "message"),
+    [
+        (400, "No data is available on the specified dates. Try setting different start/end dates."),
+        ("400", "no data is available on the specified dates"),  # a string code, other case
+        (404, "Data not found"),
+        (" 404", "DATA NOT FOUND for SET100:SET"),  # trailing text
+        (404, "nothing found from your very strict query."),
+        (None, "No data is available on the specified dates."),  # no code: the HTTP status (400) counts
+    ],
+)
+def test_only_the_no_data_messages_are_an_empty_page(twelve: Make, code: object, message: str) -> None:
+    body = {"code": code, "message": message, "status": "error"}
+    if code is None:
+        del body["code"]
+    client, rec = twelve(Recorder(json_response(body, 400 if code is None else 200)))
+    result = client.fetch_timeseries("EUR/USD", Interval.H1, utc("2025-03-08"), utc("2025-03-09"))
+    assert result.candles == [] and result.covered == [(utc("2025-03-08"), utc("2025-03-09"))]
+    assert rec.count == 1
+
+
+@pytest.mark.parametrize(
+    ("code", "message", "error"),
+    [
+        # The no-data words under the other code are not the no-data body: code and message together.
+        (404, "No data is available on the specified dates.", UpstreamBadResponse),
+        (400, "Data not found", InvalidRequest),
+        # An unrecognised 404 is an upstream error, never an empty range.
+        (404, "Resource gone", UpstreamBadResponse),
+        ("404", "", UpstreamBadResponse),
+        (
+            404,
+            "**symbol** or **figi** parameter is missing or invalid. Please provide a valid symbol",
+            SymbolNotFound,
+        ),
+        ("404", "**Symbol** or **FIGI** parameter is missing or invalid.", SymbolNotFound),
+        (400, "**symbol** not found: ABC/XYZ.", SymbolNotFound),
+        (
+            404,
+            "This symbol is available starting with the Grow or Venture plan. Consider upgrading",
+            SymbolNotInPlan,
+        ),
+        ("404", "this symbol is available starting with the Pro plan", SymbolNotInPlan),
+    ],
+)
+def test_error_bodies_by_code_and_message(
+    twelve: Make, code: object, message: str, error: type[Exception]
+) -> None:
+    body = {"code": code, "message": message, "status": "error"}
+    client, rec = twelve(Recorder(json_response(body)))
+    pages = client.iter_pages("EUR/USD", Interval.H1, utc("2025-03-03"), utc("2025-03-04"))
+    with pytest.raises(error) as info:
+        next(pages)  # before any page: nothing is stored or covered for an error
+    assert type(info.value) is error
+    assert rec.count == 1
+
+
+def test_plan_gated_pair_is_not_an_upstream_failure(twelve: Make) -> None:
+    client, _ = twelve(Recorder(_sample("td_err_404_plan_gated.json", 404)))
+    with pytest.raises(SymbolNotInPlan) as info:
+        client.fetch_timeseries("USD/TRY", Interval.H1, utc("2025-03-03"), utc("2025-03-04"))
+    # Not an UpstreamError: the service must not serve a partial answer around an entitlement problem.
+    assert not isinstance(info.value, UpstreamError)
+    assert (info.value.symbol, info.value.provider, info.value.plan) == (
+        "USD/TRY",
+        "twelve_data",
+        "Grow or Venture",
+    )
 
 
 def test_minute_credits_exhausted_beyond_the_budget(twelve: Make, fake_time: FakeTime) -> None:
@@ -366,6 +445,19 @@ def test_minute_credits_exhausted_near_the_minute_end_waits(twelve: Make, fake_t
     result = client.fetch_timeseries("EUR/USD", Interval.H1, utc("2025-03-03"), utc("2025-03-03 05:00"))
     assert fake_time.sleeps == [pytest.approx(3.0)]
     assert rec.count == 2 and len(result.candles) == 6
+
+
+@pytest.mark.parametrize(
+    "sample", ["twelvedata_error_429_minute_credits.json", "td_err_429_throttled_2026.json"]
+)
+def test_minute_credits_in_either_wording_wait_for_the_next_minute(
+    twelve: Make, fake_time: FakeTime, sample: str
+) -> None:
+    fake_time.now = utc("2026-01-14 23:00:10")  # late in the UTC day: a daily reading would say 3590 s
+    client, rec = twelve(Recorder(_sample(sample)))
+    with pytest.raises(UpstreamRateLimited) as info:
+        client.fetch_timeseries("EUR/USD", Interval.H1, utc("2025-03-03"), utc("2025-03-04"))
+    assert info.value.retry_after == 50 and rec.count == 1
 
 
 def test_429_with_retry_after_and_daily_quota(twelve: Make, fake_time: FakeTime) -> None:

@@ -6,12 +6,13 @@ BINANCE_REST_URL and TWELVE_DATA_REST_URL:
 - Binance spot: GET /api/v3/klines, GET /api/v3/exchangeInfo
 - Twelve Data:  GET /time_series, GET /forex_pairs
 
-The bars are a pure function of (symbol, interval, open time) and of the fake's clock, so a test
-computes the truth with `expected_bars(...)` / `FakeUpstream.expected_bars(...)` and compares.
-The time arithmetic here (weeks from Monday 00:00 UTC, calendar months, forex weekends) is written
-independently of `marketdata.intervals` on purpose: the fake is a second opinion, not a mirror.
+The bars are a pure function of (symbol, interval, open time), of the fake's clock and of the forex
+model in force, so a test computes the truth with `expected_bars(...)` / `FakeUpstream.expected_bars(...)`
+and compares. The time arithmetic here (weeks from Monday 00:00 UTC, calendar months, New York forex
+days) is written independently of `marketdata.intervals` on purpose: the fake is a second opinion, not
+a mirror.
 
-What it reproduces (see /work/shared/PROVIDERS.md for the real APIs):
+What it reproduces (see docs/providers.md for the real APIs):
 - Binance paging: startTime only -> the oldest bars with openTime >= startTime (a startTime inside a
   bar skips that bar); endTime only -> the newest bars with openTime <= endTime; both -> the oldest
   within; limit default 500, max 1000; 12-field rows of strings; closeTime = next open - 1 ms.
@@ -20,14 +21,51 @@ What it reproduces (see /work/shared/PROVIDERS.md for the real APIs):
 - Twelve Data: default order desc, default timezone = the exchange's (America/New_York here, so a
   client that forgets timezone=UTC gets shifted times), date-only datetimes for 1day/1week/1month,
   outputsize 1..5000 (default 30 without dates, 5000 with) that always keeps the NEWEST rows of the
-  range, end_date inclusive except a date-only end_date for 1day/1week/1month (exclusive),
-  forex weekends without bars, 404 "no data" for an empty range, errors with HTTP 200 (switchable).
-- Every bar exists from the symbol's listing time up to now (the fake's clock), except inside forex
-  weekends and one real-world-style BTCUSDT outage (2018-02-08 08:00 to 2018-02-09 10:00 UTC); the
-  bar containing now is open and its values change with now.
+  range, end_date inclusive except a date-only end_date for 1day/1week/1month (exclusive). The 2026
+  error bodies, with HTTP 200 or (`twelve_data_real_status`) the matching HTTP status, `code` a number
+  or (`twelve_data_string_codes`) a string: a window without bars is code 400 "No data is available
+  on the specified dates..."; an unknown pair code 404 "**symbol** or **figi** parameter is missing
+  or invalid..."; a pair in `plan_gated_symbols` code 404 "This symbol is available starting with the
+  Grow or Venture plan..."; out of per-minute credits code 429 "... with the current limit of 8.".
+- Forex bars, `FakeUpstream.forex_model` (reset() restores "real"; the truth functions take `model=`):
+  - "real" (default), the recorded Twelve Data. Hour bars are the primitive: 1h bars are on the UTC
+    clock, and every bar of 2h and longer is the aggregate of the hour bars it spans (open of the
+    first existing hour, highest high, lowest low, close of the last; volume 0), so any interval can
+    be checked against the hour truth. 1min..45min bars are their own, on the UTC clock, and exist
+    only where their hour exists. 2h/4h/8h bars are anchored at 17:00 America/New_York with daylight
+    saving (4h bars open at 17, 21, 01, 05, 09, 13 New York time = 22, 02, ... UTC in winter and
+    21, 01, ... UTC in summer), boundaries computed in New York local time (a bar across a DST switch
+    is an hour shorter or longer). The 1day bar dated D spans D-1 17:00 to D 17:00 New York and is
+    served date-only as D (a client reads it as 00:00 UTC of D). 1week bars are dated Mondays and
+    aggregate the daily bars dated Monday..Sunday of that week; 1month bars are dated the 1st and
+    aggregate the daily bars dated in that calendar month. (Mondays and 1sts are what the stock
+    recordings show; how Twelve Data labels and cuts forex weeks and months is unverified: this is
+    the fake's choice.) The market closes Friday 17:00 and reopens Sunday 17:00 New York, but a
+    weekend is not empty: a deterministic hash of the week makes about a quarter of weekends
+    (WEEKEND_POPULATED_SHARE; `weekend_populated(t)`) have bars throughout (as a 2026 measurement
+    saw: 96 GBP/USD 15min bars on a Saturday and on a Sunday), and on the others a few percent of the
+    closed hours (WEEKEND_SPORADIC_SHARE, hashed per symbol and hour) still have a bar (as the 2022
+    recording's Saturday-dated daily bar and Sunday 8h bars). So Saturday- and Sunday-dated daily
+    bars exist on populated weekends and sometimes on the others.
+  - "simple", for tests about something else: weekdays only (closed Friday 22:00 to Sunday 22:00
+    UTC), every interval on the epoch/UTC grid (weeks from Monday, calendar months), UTC days
+    Monday to Friday, each interval with its own bars.
+  Closed hours and closed aggregates are cached (lru_cache), so long coarse answers stay cheap.
+- Every bar exists from the symbol's listing time up to now (the fake's clock), except as above for
+  forex and one real-world-style BTCUSDT outage (2018-02-08 08:00 to 2018-02-09 10:00 UTC); the bar
+  containing now is open and its values change with now (an open coarse forex bar is built from its
+  closed hours and the open hour).
 
-Fault injection (`fail_next`), a request log (`requests`, `count`), a settable clock (`now`) and
-`reset()` make it usable per test. Standalone: `python tests/support/fake_upstream.py --port 8081`.
+The truth: `expected_bars(symbol, interval, start, end, *, now=None, include_open=False, model="real")`
+(the provider's own bars, labelled as a client reads them), `aggregate_hours(symbol, bucket, start, end,
+*, now=None, include_open=False, model="real")` (the hour truth grouped by any bucket function, say the
+service's UTC 4H grid), `weekend_populated(t)` and `weekend_closure(t)`; on a FakeUpstream the same with
+its clock and model (`expected_bars`, `expected_candles`, `aggregate_hours`, `open_bar`,
+`last_closed_open`).
+
+Fault injection (`fail_next`), a request log (`requests`, `count`), a settable clock (`now`), the
+switches above and `reset()` make it usable per test. Standalone:
+`python tests/support/fake_upstream.py --port 8081 [--forex-model simple]`.
 """
 
 from __future__ import annotations
@@ -42,9 +80,10 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from functools import lru_cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, urlsplit
@@ -393,15 +432,18 @@ def _fmt(units: int, decimals: int) -> str:
     return f"{sign}{units // 10**decimals}.{units % 10**decimals:0{decimals}d}"
 
 
-def _uniform(*parts: object) -> list[float]:
+_U32 = struct.Struct(">8I")
+
+
+def _uniform(*parts: object) -> tuple[float, ...]:
     digest = hashlib.blake2b("|".join(map(str, parts)).encode(), digest_size=32).digest()
-    return [int.from_bytes(digest[i : i + 4], "big") / 2**32 for i in range(0, 32, 4)]
+    return tuple(x / 2**32 for x in _U32.unpack(digest))
 
 
 def bar_exists(inst: Instrument, key: str, open_time: int) -> bool:
-    """Whether the bar opening at open_time exists upstream (ignoring 'now'): after listing, not inside
-    an outage, and for forex not inside the weekend (intraday: the bar overlaps trading hours; daily:
-    Monday-Friday)."""
+    """Whether the bar opening at open_time exists upstream in the SIMPLE model (ignoring 'now'): after
+    listing, not inside an outage, and for forex not inside the weekend (intraday: the bar overlaps
+    trading hours; daily: Monday-Friday). Crypto bars always follow this."""
     if next_open(key, open_time) <= inst.listed:
         return False
     for hole_from, hole_to in inst.outages:
@@ -416,6 +458,7 @@ def bar_exists(inst: Instrument, key: str, open_time: int) -> bool:
 
 
 def _bar_units(inst: Instrument, key: str, open_time: int, now: float) -> _Units:
+    """One bar with its own values (every simple-model bar and crypto bar; real-model 1min..45min)."""
     u = _uniform(inst.symbol, key, open_time)
     base, tick = inst.base_price, inst.tick
 
@@ -457,33 +500,328 @@ def _as_bar(inst: Instrument, b: _Units) -> FakeBar:
     )
 
 
-def _listed_first_open(inst: Instrument, key: str) -> int:
-    return bar_open(key, inst.listed)
+# --- the real forex model: New York days, hour bars as the primitive ------------------------------
+
+REAL_MODEL, SIMPLE_MODEL = "real", "simple"
+FOREX_MODELS = (REAL_MODEL, SIMPLE_MODEL)
+#: Share of weekends (Friday 17:00 to Sunday 17:00 New York) with bars throughout (real model).
+WEEKEND_POPULATED_SHARE = 0.25
+#: On the other weekends, the share of the closed hours that still have a bar (per symbol and hour).
+WEEKEND_SPORADIC_SHARE = 0.04
+#: The forex day starts (and the week ends and starts) at 17:00 New York.
+NY_DAY_START_HOUR = 17
+#: Real model: bars of these widths (hours) are anchored at the forex day start in New York.
+_NY_ANCHORED_HOURS = {"2h": 2, "4h": 4, "8h": 8}
+#: Real model: bars with their own values on the UTC clock (an hour bar is the primitive of the rest).
+_CLOCK_KEYS = frozenset({"1m", "5m", "15m", "30m", "45m", "1h"})
+_REAL_FOREX_KEYS = _CLOCK_KEYS | frozenset(_NY_ANCHORED_HOURS) | _DATE_ONLY_KEYS
+_UNIX_EPOCH = datetime(1970, 1, 1)
 
 
-def _opens_forward(inst: Instrument, key: str, lo: int, hi: int, now: float, limit: int) -> list[int]:
-    """Open times of existing bars with lo <= open <= hi (and open <= now), oldest first, at most limit."""
-    out: list[int] = []
-    t = _first_open_at_or_after(key, max(lo, _listed_first_open(inst, key)))
-    stop = min(hi, int(now))
-    while t <= stop and len(out) < limit:
-        if bar_exists(inst, key, t):
-            out.append(t)
-        t = next_open(key, t)
+def _check_model(model: str) -> str:
+    if model not in FOREX_MODELS:
+        raise ValueError(f"unknown forex model {model!r} (one of {', '.join(FOREX_MODELS)})")
+    return model
+
+
+def _real(model: str, inst: Instrument, key: str) -> bool:
+    """Whether the real forex model applies to this instrument and interval."""
+    if model != REAL_MODEL or not inst.is_forex:
+        return False
+    if key not in _REAL_FOREX_KEYS:
+        raise ValueError(f"Twelve Data has no {key!r} bars (real forex model)")
+    return True
+
+
+def _ny_wall(t: int) -> datetime:
+    """The New York wall-clock time (naive) of the instant t."""
+    return datetime.fromtimestamp(t, EXCHANGE_TZ).replace(tzinfo=None, fold=0)
+
+
+def _ny_instant(wall: datetime) -> int:
+    """The instant of a New York wall-clock time (naive; the first one when the clock repeats)."""
+    return int(wall.replace(tzinfo=EXCHANGE_TZ, fold=0).timestamp())
+
+
+def _utc_midnight(d: datetime) -> int:
+    return int((datetime(d.year, d.month, d.day) - _UNIX_EPOCH).total_seconds())
+
+
+@lru_cache(maxsize=1 << 16)
+def _day_span(label: int) -> tuple[int, int]:
+    """[D-1 17:00, D 17:00) New York, as instants, of the daily bar dated D (label: 00:00 UTC of D)."""
+    day = _UNIX_EPOCH + timedelta(seconds=label)
+    return (
+        _ny_instant(day - timedelta(days=1) + timedelta(hours=NY_DAY_START_HOUR)),
+        _ny_instant(day + timedelta(hours=NY_DAY_START_HOUR)),
+    )
+
+
+def _day_label(t: int) -> int:
+    """00:00 UTC of the New York trading date of the instant t (the day from 17:00 the evening before)."""
+    wall = _ny_wall(t)
+    if wall.hour >= NY_DAY_START_HOUR:
+        wall += timedelta(days=1)
+    return _utc_midnight(wall)
+
+
+def _ny_anchored_open(hours: int, t: int) -> int:
+    """Open of the `hours`-wide bar containing t, bars anchored at 17:00 New York wall-clock time."""
+    wall = _ny_wall(t).replace(minute=0, second=0, microsecond=0)
+    back = (wall.hour - NY_DAY_START_HOUR) % 24 % hours
+    return _ny_instant(wall - timedelta(hours=back))
+
+
+def _ny_anchored_next(hours: int, open_time: int) -> int:
+    return _ny_instant(_ny_wall(open_time) + timedelta(hours=hours))
+
+
+def _floor_label(model: str, inst: Instrument, key: str, t: int) -> int:
+    """The greatest bar label (the time a client reads) <= t."""
+    if _real(model, inst, key) and key in _NY_ANCHORED_HOURS:
+        return _ny_anchored_open(_NY_ANCHORED_HOURS[key], t)
+    return bar_open(key, t)  # UTC grid; real-model days, weeks and months are labelled on it too
+
+
+def _next_label(model: str, inst: Instrument, key: str, label: int) -> int:
+    if _real(model, inst, key) and key in _NY_ANCHORED_HOURS:
+        return _ny_anchored_next(_NY_ANCHORED_HOURS[key], label)
+    return next_open(key, label)
+
+
+def _prev_label(model: str, inst: Instrument, key: str, label: int) -> int:
+    if _real(model, inst, key) and key in _NY_ANCHORED_HOURS:
+        return _ny_anchored_open(_NY_ANCHORED_HOURS[key], label - 1)
+    return prev_open(key, label)
+
+
+def _span(model: str, inst: Instrument, key: str, label: int) -> tuple[int, int]:
+    """[first instant, end) of the time the bar labelled `label` covers."""
+    if _real(model, inst, key):
+        if key == "1d":
+            return _day_span(label)
+        if key == "1w":
+            return _day_span(label)[0], _day_span(label + 6 * _DAY)[1]
+        if key == MONTH:
+            return _day_span(label)[0], _day_span(next_open(MONTH, label) - _DAY)[1]
+    return label, _next_label(model, inst, key, label)
+
+
+def _current_label(model: str, inst: Instrument, key: str, t: int) -> int:
+    """The label of the bar whose span contains the instant t (real-model days may be labelled > t)."""
+    if _real(model, inst, key) and key in _DATE_ONLY_KEYS:
+        day = _day_label(t)
+        return day if key == "1d" else bar_open(key, day)
+    return _floor_label(model, inst, key, t)
+
+
+def weekend_populated(t: int) -> bool:
+    """Real model: whether the weekend of the UTC week (Monday to Sunday) containing t has bars
+    throughout its closed hours (about WEEKEND_POPULATED_SHARE of weekends; the same for every pair)."""
+    return _weekend_populated(t - (t - _MONDAY_1970) % _WEEK)
+
+
+@lru_cache(maxsize=1 << 14)
+def _weekend_populated(monday: int) -> bool:
+    return _uniform("weekend", monday)[0] < WEEKEND_POPULATED_SHARE
+
+
+@lru_cache(maxsize=1 << 14)
+def _weekend_closure(monday: int) -> tuple[int, int]:
+    """[Friday 17:00, Sunday 17:00) New York of the UTC week starting `monday`, as instants."""
+    week = _UNIX_EPOCH + timedelta(seconds=monday)
+    return (
+        _ny_instant(week + timedelta(days=4, hours=NY_DAY_START_HOUR)),
+        _ny_instant(week + timedelta(days=6, hours=NY_DAY_START_HOUR)),
+    )
+
+
+def weekend_closure(t: int) -> tuple[int, int]:
+    """[Friday 17:00, Sunday 17:00) New York, as UTC instants, of the UTC week containing t."""
+    return _weekend_closure(t - (t - _MONDAY_1970) % _WEEK)
+
+
+def _hour_exists(inst: Instrument, hour: int) -> bool:
+    """Real model: whether the forex hour bar opening at `hour` exists (ignoring 'now')."""
+    if hour + _HOUR <= inst.listed:
+        return False
+    closes, reopens = _weekend_closure(hour - (hour - _MONDAY_1970) % _WEEK)
+    if not closes <= hour < reopens:
+        return True
+    return _weekend_populated(hour - (hour - _MONDAY_1970) % _WEEK) or _sporadic_hour(inst.symbol, hour)
+
+
+def _sporadic_hour(symbol: str, hour: int) -> bool:
+    """Real model: whether a closed hour of an unpopulated weekend still has a bar (hashed)."""
+    digest = hashlib.blake2b(f"{symbol}|weekend-hour|{hour}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") < WEEKEND_SPORADIC_SHARE * 2**64
+
+
+_Prices = tuple[int, int, int, int]  # (open, high, low, close) in units
+_HOUR_UNITS = struct.Struct(">96I")  # 4 uniform numbers for each of the 24 hours of a day
+
+
+@lru_cache(maxsize=8192)
+def _closed_hours(symbol: str, day: int) -> dict[int, _Prices]:
+    """Real model: the existing hour bars of the UTC day starting `day` -> their final prices, in order.
+
+    Real-model forex hours take their values from here (one hash stream per day: long coarse answers
+    aggregate 24 hours per day, so this is their hot loop). Which hours exist is _hour_exists, inlined."""
+    inst = TWELVE_DATA_SYMBOLS[symbol]
+    base, tick, listed = inst.base_price, inst.tick, inst.listed
+    monday = day - (day - _MONDAY_1970) % _WEEK
+    closes, reopens = _weekend_closure(monday)
+    populated = _weekend_populated(monday)
+    u = _HOUR_UNITS.unpack(hashlib.shake_128(f"{symbol}|hours|{day}".encode()).digest(_HOUR_UNITS.size))
+    # Prices within +-20 % of the base price, wicks up to 2 % of it (as _bar_units).
+    floor, spread, wick = base * 0.8, base * 0.4 / 2**32, base * 0.02 / 2**32
+    opens = [int(floor + spread * x) // tick * tick for x in u[0::4]]
+    closes_ = [int(floor + spread * x) // tick * tick for x in u[1::4]]
+    ups = [int(wick * x) // tick * tick for x in u[2::4]]
+    downs = [int(wick * x) // tick * tick for x in u[3::4]]
+    every_hour = listed <= day and (day + _DAY <= closes or reopens <= day or populated)
+    rows: dict[int, _Prices] = {}
+    for i, (open_, close, up, down) in enumerate(zip(opens, closes_, ups, downs, strict=True)):
+        hour = day + i * _HOUR
+        if not every_hour and (
+            hour + _HOUR <= listed
+            or (closes <= hour < reopens and not populated and not _sporadic_hour(symbol, hour))
+        ):
+            continue
+        if open_ >= close:
+            high, low = open_ + up, close - down
+        else:
+            high, low = close + up, open_ - down
+        rows[hour] = (open_, high, low if low > tick else tick, close)
+    return rows
+
+
+def _forex_hour(inst: Instrument, hour: int, now: float) -> _Units | None:
+    """Real model: the forex hour bar opening at `hour` as served at now (None: no such bar). The open
+    hour keeps its open; its close, high and low depend on the instant it is looked at."""
+    prices = _closed_hours(inst.symbol, hour - hour % _DAY).get(hour)
+    if prices is None or hour > now:
+        return None
+    open_, high, low, close = prices
+    if hour + _HOUR <= now:
+        return _Units(hour, open_, high, low, close, 0, 1, 0, True)
+    base, tick = inst.base_price, inst.tick
+    v = _uniform(inst.symbol, "1h", hour, int(now))
+    close = max(tick, int(base * (0.8 + 0.4 * v[1])) // tick * tick)
+    high = max(open_, close) + int(base * 0.02 * v[2]) // tick * tick
+    low = max(tick, min(open_, close) - int(base * 0.02 * v[3]) // tick * tick)
+    return _Units(hour, open_, high, low, close, 0, 1, 0, False)
+
+
+def _hours_in(symbol: str, lo: int, hi: int) -> list[_Prices]:
+    """Real model: the final prices of the existing hours opening in [lo, hi), oldest first."""
+    out: list[_Prices] = []
+    day = lo - lo % _DAY
+    while day < hi:
+        rows = _closed_hours(symbol, day)
+        if day >= lo and day + _DAY <= hi:
+            out.extend(rows.values())
+        else:
+            out.extend(p for h, p in rows.items() if lo <= h < hi)
+        day += _DAY
     return out
 
 
-def _opens_backward(inst: Instrument, key: str, lo: int, hi: int, now: float, limit: int) -> list[int]:
-    """The newest `limit` existing bars with lo <= open <= hi (and open <= now), returned oldest first."""
-    out: list[int] = []
+def _combine(label: int, parts: Iterable[tuple[int, int, int, int]], closed: bool) -> _Units | None:
+    """Aggregate (open, high, low, close) parts, oldest first: None when there are none."""
+    first = last = None
+    high, low = 0, 0
+    for part in parts:
+        if first is None:
+            first, high, low = part, part[1], part[2]
+        else:
+            high, low = max(high, part[1]), min(low, part[2])
+        last = part
+    if first is None or last is None:
+        return None
+    return _Units(label, first[0], high, low, last[3], 0, 1, 0, closed)
+
+
+@lru_cache(maxsize=1 << 16)
+def _closed_aggregate(symbol: str, key: str, label: int) -> _Units | None:
+    """Real model: a coarse bar whose span is over, from its hours (weeks and months: from its days)."""
+    inst = TWELVE_DATA_SYMBOLS[symbol]
+    if key in ("1w", MONTH):
+        end = next_open(key, label)
+        days = (_closed_aggregate(symbol, "1d", d) for d in range(label, end, _DAY))
+        return _combine(label, ((b.open, b.high, b.low, b.close) for b in days if b is not None), True)
+    lo, hi = _span(REAL_MODEL, inst, key, label)
+    return _combine(label, _hours_in(symbol, lo, hi), True)
+
+
+def _open_aggregate(inst: Instrument, key: str, label: int, lo: int, now: float) -> _Units | None:
+    """Real model: the coarse bar containing now, from its closed hours and the open hour."""
+    current = int(now) - int(now) % _HOUR
+    parts = _hours_in(inst.symbol, lo, current)
+    hour = _forex_hour(inst, current, now) if lo <= current else None
+    if hour is not None:
+        parts.append((hour.open, hour.high, hour.low, hour.close))
+    return _combine(label, parts, False)
+
+
+def _units(model: str, inst: Instrument, key: str, label: int, now: float) -> _Units | None:
+    """The bar labelled `label` as served at `now`; None when it does not exist or has not begun."""
+    if not _real(model, inst, key):
+        if label > now or not bar_exists(inst, key, label):
+            return None
+        return _bar_units(inst, key, label, now)
+    if key == "1h":
+        return _forex_hour(inst, label, now)
+    if key in _CLOCK_KEYS:  # minutes: their own bars, where their hour exists
+        if label > now or next_open(key, label) <= inst.listed:
+            return None
+        if not _hour_exists(inst, label - label % _HOUR):
+            return None
+        return _bar_units(inst, key, label, now)
+    lo, hi = _span(model, inst, key, label)
+    if lo > now:
+        return None
+    if hi <= now:
+        return _closed_aggregate(inst.symbol, key, label)
+    return _open_aggregate(inst, key, label, lo, now)
+
+
+def _first_label_at_or_after(model: str, inst: Instrument, key: str, t: int) -> int:
+    b = _floor_label(model, inst, key, t)
+    return b if b == t else _next_label(model, inst, key, b)
+
+
+def _bars_forward(
+    model: str, inst: Instrument, key: str, lo: int, hi: int, now: float, limit: int
+) -> list[_Units]:
+    """Existing bars labelled lo..hi that have begun at now, oldest first, at most limit."""
+    out: list[_Units] = []
+    t = _first_label_at_or_after(model, inst, key, max(lo, _floor_label(model, inst, key, inst.listed)))
+    stop = min(hi, _current_label(model, inst, key, int(now)))
+    while t <= stop and len(out) < limit:
+        b = _units(model, inst, key, t, now)
+        if b is not None:
+            out.append(b)
+        t = _next_label(model, inst, key, t)
+    return out
+
+
+def _bars_backward(
+    model: str, inst: Instrument, key: str, lo: int, hi: int, now: float, limit: int
+) -> list[_Units]:
+    """The newest `limit` existing bars labelled lo..hi that have begun at now, returned oldest first."""
+    out: list[_Units] = []
     if hi < lo:
         return out
-    t = bar_open(key, min(hi, int(now)))
-    floor = max(lo, _listed_first_open(inst, key))
+    t = _current_label(model, inst, key, int(now))
+    if hi < t:
+        t = _floor_label(model, inst, key, hi)
+    floor = max(lo, _floor_label(model, inst, key, inst.listed))
     while t >= floor and len(out) < limit:
-        if bar_exists(inst, key, t):
-            out.append(t)
-        t = prev_open(key, t)
+        b = _units(model, inst, key, t, now)
+        if b is not None:
+            out.append(b)
+        t = _prev_label(model, inst, key, t)
     out.reverse()
     return out
 
@@ -496,17 +834,48 @@ def expected_bars(
     *,
     now: float | None = None,
     include_open: bool = False,
+    model: str = REAL_MODEL,
 ) -> list[FakeBar]:
-    """The truth: bars of `symbol` with open time in [start, end] (inclusive, Unix seconds), ascending.
+    """The truth: the provider's own bars of `symbol` labelled in [start, end] (inclusive, Unix seconds;
+    the label is the time a client reads: a real-model forex day is 00:00 UTC of its New York date),
+    ascending, as the fake serves them under the forex `model` (crypto ignores it).
 
     Only bars closed at `now` (default: real time) unless include_open, which appends the bar that
-    contains now when it is in range. `interval` may be an app, Binance or Twelve Data name.
+    contains now when it is in range. `interval` may be an app, Binance or Twelve Data name (an app
+    name means the provider's interval of that width: forex "4H" is Twelve Data's own 4h bars).
     """
     inst, key = instrument(symbol), canonical_interval(interval)
+    _check_model(model)
     now = time.time() if now is None else now
-    opens = _opens_forward(inst, key, int(start), int(end), now, sys.maxsize)
-    bars = [_bar_units(inst, key, t, now) for t in opens]
+    bars = _bars_forward(model, inst, key, int(start), int(end), now, sys.maxsize)
     return [_as_bar(inst, b) for b in bars if b.closed or include_open]
+
+
+def aggregate_hours(
+    symbol: str,
+    bucket: Callable[[int], int],
+    start: int,
+    end: int,
+    *,
+    now: float | None = None,
+    include_open: bool = False,
+    model: str = REAL_MODEL,
+) -> list[FakeBar]:
+    """The hour bars of a forex `symbol` opening in [start, end], grouped by `bucket(open time)` (say a
+    UTC 4H grid: `lambda t: t - t % 14400`; buckets must be ascending with time): open of the first
+    hour, highest high, lowest low, close of the last, volume 0. The open hour comes only with
+    include_open. Real model: every coarse bar the fake serves equals this over its own span."""
+    out: list[FakeBar] = []
+    for bar in expected_bars(symbol, "1h", start, end, now=now, include_open=include_open, model=model):
+        key = bucket(bar.time)
+        if out and out[-1].time == key:
+            last = out[-1]
+            out[-1] = FakeBar(
+                key, last.open, max(last.high, bar.high), min(last.low, bar.low), bar.close, 0.0
+            )
+        else:
+            out.append(FakeBar(key, bar.open, bar.high, bar.low, bar.close, 0.0))
+    return out
 
 
 # --- requests, responses and faults --------------------------------------------------------------
@@ -570,12 +939,25 @@ _TD_401 = (
     "following this link: https://twelvedata.com/apikey. If you believe that everything is correct, "
     "you can email us at apikey@twelvedata.com"
 )
+#: The 2026 bodies (recorded live): a window without bars is code 400 with this message.
 TD_NO_DATA_MESSAGE = "No data is available on the specified dates. Try setting different start/end dates."
+#: An unknown (or missing) pair: code 404.
+TD_BAD_SYMBOL_MESSAGE = (
+    "**symbol** or **figi** parameter is missing or invalid. Please provide a valid symbol according to "
+    "API documentation: https://twelvedata.com/docs#reference-data"
+)
+#: A pair outside the key's plan (`FakeUpstream.plan_gated_symbols`): code 404.
+TD_PLAN_GATED_MESSAGE = (
+    "This symbol is available starting with the Grow or Venture plan. Consider upgrading now at "
+    "https://twelvedata.com/pricing"
+)
+#: Out of per-minute credits: code 429, the 2026 wording.
 _TD_CREDITS = (
     "You have run out of API credits for the current minute. {used} API credits were used, with the "
-    "current limit being {limit}. Wait for the next minute or consider switching to a higher tier "
-    "plan at https://twelvedata.com/pricing"
+    "current limit of {limit}."
 )
+#: Listed by /forex_pairs, not among the 25 served pairs, and gated by default.
+DEFAULT_PLAN_GATED = frozenset({"USD/TRY"})
 _BINANCE_418 = (
     "Way too much request weight used; IP banned until {until}. Please use the websocket for live "
     "updates to avoid bans."
@@ -604,7 +986,8 @@ class FakeUpstream:
     """The fake Binance + Twelve Data server. Thread-safe; start() binds a loopback port.
 
     Per-test state (cleared by reset()): the request log, queued faults, the clock, Binance weight,
-    Twelve Data credits, `twelve_data_real_status`, `twelve_data_credits_per_minute`, `api_keys`.
+    Twelve Data credits, `twelve_data_real_status`, `twelve_data_string_codes`, `plan_gated_symbols`,
+    `forex_model`, `twelve_data_credits_per_minute`, `api_keys`.
     """
 
     def __init__(
@@ -662,14 +1045,20 @@ class FakeUpstream:
             self._credits_used = 0
             #: Send Twelve Data errors with their real HTTP status instead of 200 (the API's default).
             self.twelve_data_real_status = False
+            #: Send Twelve Data error codes as JSON strings ("404") instead of numbers.
+            self.twelve_data_string_codes = False
+            #: Pairs answered with the plan-gated 404 body (they exist, but not on "our" plan).
+            self.plan_gated_symbols: set[str] = set(DEFAULT_PLAN_GATED)
+            #: "real" (the recorded Twelve Data) or "simple" (weekdays, UTC grid): see the module doc.
+            self.forex_model = REAL_MODEL
             #: Emulate the free tier (8): past this many /time_series calls per fake minute, a 429 body.
             self.twelve_data_credits_per_minute: int | None = None
             #: Valid Twelve Data keys; None accepts any non-empty key.
             self.api_keys: frozenset[str] | None = self._default_api_keys
             #: Binance weight per minute before 429.
             self.binance_weight_limit = 6000
-            #: Seconds a "timeout" fault waits before answering (above the test clients' 1 s read timeout).
-            self.timeout_seconds = 2.5
+            #: Seconds a "timeout" fault waits before answering (above the test clients' 2 s read timeout).
+            self.timeout_seconds = 3.5
 
     # --- the clock ---
 
@@ -698,8 +1087,10 @@ class FakeUpstream:
     def expected_bars(
         self, symbol: str, interval: object, start: int, end: int, *, include_open: bool = False
     ) -> list[FakeBar]:
-        """Closed bars in [start, end] as of the fake's clock (see module-level expected_bars)."""
-        return expected_bars(symbol, interval, start, end, now=self.now, include_open=include_open)
+        """Closed bars in [start, end] as of the fake's clock and forex model (see expected_bars)."""
+        return expected_bars(
+            symbol, interval, start, end, now=self.now, include_open=include_open, model=self.forex_model
+        )
 
     def expected_candles(
         self, symbol: str, interval: object, start: int, end: int, *, include_open: bool = False
@@ -711,19 +1102,31 @@ class FakeUpstream:
             Candle(*b) for b in self.expected_bars(symbol, interval, start, end, include_open=include_open)
         ]
 
+    def aggregate_hours(
+        self,
+        symbol: str,
+        bucket: Callable[[int], int],
+        start: int,
+        end: int,
+        *,
+        include_open: bool = False,
+    ) -> list[FakeBar]:
+        """The hour truth of `symbol` in [start, end] grouped by `bucket` (see aggregate_hours)."""
+        return aggregate_hours(
+            symbol, bucket, start, end, now=self.now, include_open=include_open, model=self.forex_model
+        )
+
     def open_bar(self, symbol: str, interval: object) -> FakeBar | None:
         """The still-open bar at the fake's clock (None when the bar containing now does not exist)."""
-        inst, key, now = instrument(symbol), canonical_interval(interval), self.now
-        t = bar_open(key, int(now))
-        if not bar_exists(inst, key, t):
-            return None
-        return _as_bar(inst, _bar_units(inst, key, t, now))
+        inst, key, now, model = instrument(symbol), canonical_interval(interval), self.now, self.forex_model
+        b = _units(model, inst, key, _current_label(model, inst, key, int(now)), now)
+        return None if b is None or b.closed else _as_bar(inst, b)
 
     def last_closed_open(self, symbol: str, interval: object) -> int | None:
-        """Open time of the newest closed, existing bar at the fake's clock."""
-        inst, key, now = instrument(symbol), canonical_interval(interval), self.now
-        opens = _opens_backward(inst, key, 0, int(now), now, 2)
-        closed = [t for t in opens if next_open(key, t) <= now]
+        """Open time (label) of the newest closed, existing bar at the fake's clock."""
+        inst, key, now, model = instrument(symbol), canonical_interval(interval), self.now, self.forex_model
+        bars = _bars_backward(model, inst, key, 0, sys.maxsize, now, 2)
+        closed = [b.time for b in bars if b.closed]
         return closed[-1] if closed else None
 
     # --- the request log ---
@@ -733,6 +1136,11 @@ class FakeUpstream:
         """Every request received since the last reset, in order (faulted ones included)."""
         with self._lock:
             return list(self._requests)
+
+    def forget_requests(self) -> None:
+        """Empty the request log (after a test's set-up, so its counts start at zero)."""
+        with self._lock:
+            self._requests.clear()
 
     def count(self, path: str | None = None) -> int:
         """Requests received for exactly `path` (all paths when None)."""
@@ -901,10 +1309,10 @@ class FakeUpstream:
         lo = -(-start_ms // 1000) if start_ms is not None else None
         hi = end_ms // 1000 if end_ms is not None else None
         if lo is not None:
-            opens = _opens_forward(inst, key, lo, sys.maxsize if hi is None else hi, now, limit)
+            bars = _bars_forward(SIMPLE_MODEL, inst, key, lo, sys.maxsize if hi is None else hi, now, limit)
         else:
-            opens = _opens_backward(inst, key, 0, int(now) if hi is None else hi, now, limit)
-        return _Response(200, [_kline_row(inst, key, _bar_units(inst, key, t, now)) for t in opens])
+            bars = _bars_backward(SIMPLE_MODEL, inst, key, 0, int(now) if hi is None else hi, now, limit)
+        return _Response(200, [_kline_row(inst, key, b) for b in bars])
 
     def _exchange_info(self, q: dict[str, str]) -> _Response:
         chosen = list(BINANCE_SYMBOLS.values())
@@ -938,8 +1346,14 @@ class FakeUpstream:
 
     # --- Twelve Data ---
 
+    def _td_body(self, code: int, message: str) -> dict[str, Any]:
+        """A Twelve Data error body; `code` as a string when twelve_data_string_codes is set."""
+        shown: int | str = str(code) if self.twelve_data_string_codes else code
+        return {"code": shown, "message": message, "status": "error"}
+
     def _td_error(self, code: int, message: str, meta: dict[str, Any] | None = None) -> _Response:
-        body: dict[str, Any] = {"code": code, "message": message, "status": "error"}
+        """An error body with HTTP 200 (the API's habit) or, with twelve_data_real_status, HTTP `code`."""
+        body = self._td_body(code, message)
         if meta is not None:
             body["meta"] = meta
         return _Response(code if self.twelve_data_real_status else 200, body)
@@ -967,11 +1381,7 @@ class FakeUpstream:
         interval = q.get("interval", "")
         symbol = q.get("symbol", "")
         if not symbol:
-            return self._td_error(
-                400,
-                "**symbol** parameter is missing or invalid. Please provide a valid "
-                "symbol according to API documentation: https://api.twelvedata.com/symbols",
-            )
+            return self._td_error(404, TD_BAD_SYMBOL_MESSAGE)
         if interval not in TWELVE_DATA_INTERVALS:
             return self._td_error(
                 400,
@@ -979,13 +1389,11 @@ class FakeUpstream:
                 f"Supported intervals: {', '.join(TWELVE_DATA_INTERVALS)}",
                 meta={"symbol": symbol, "interval": interval, "exchange": ""},
             )
+        if symbol in self.plan_gated_symbols:
+            return self._td_error(404, TD_PLAN_GATED_MESSAGE)
         inst = TWELVE_DATA_SYMBOLS.get(symbol)
         if inst is None:
-            return self._td_error(
-                400,
-                f"**symbol** not found: {symbol}. "
-                "Please specify it correctly according to API Documentation.",
-            )
+            return self._td_error(404, TD_BAD_SYMBOL_MESSAGE)
         key = TWELVE_DATA_INTERVALS[interval]
         date_only = key in _DATE_ONLY_KEYS
         tz_name = q.get("timezone", "Exchange")
@@ -1030,16 +1438,16 @@ class FakeUpstream:
             # A date-only end_date for daily and longer bars is exclusive (as observed); otherwise inclusive.
             hi = end - 1 if date_only and not end_has_time else end
         else:
-            hi = int(now)
+            hi = sys.maxsize  # up to the newest bar (a real-model day may be labelled after now)
         if bounds["start_date"] and bounds["end_date"] and lo > hi:
             return self._td_error(400, "**end_date** should be later than **start_date**.")
         # The newest `size` rows of the range, whatever the order: start_date + outputsize gives the latest.
-        opens = _opens_backward(inst, key, lo, hi, now, size)
-        if not opens:
-            return self._td_error(404, TD_NO_DATA_MESSAGE)
+        bars = _bars_backward(self.forex_model, inst, key, lo, hi, now, size)
+        if not bars:
+            return self._td_error(400, TD_NO_DATA_MESSAGE)
         if order == "desc":
-            opens.reverse()
-        values = [_td_row(inst, _bar_units(inst, key, t, now), tz, date_only) for t in opens]
+            bars.reverse()
+        values = [_td_row(inst, b, tz, date_only) for b in bars]
         meta = {
             "symbol": symbol,
             "interval": interval,
@@ -1097,7 +1505,7 @@ class FakeUpstream:
                     fault.code or -1001, "Internal error; unable to process your request.", status
                 )
             code = fault.code or 500
-            return _Response(status, {"code": code, "message": f"fake error {code}", "status": "error"})
+            return _Response(status, self._td_body(code, f"fake error {code}"))
         if not kind.isdigit():
             return None
         status = int(kind)
@@ -1113,11 +1521,7 @@ class FakeUpstream:
                 return _Response(
                     429, {"code": -1003, "msg": _BINANCE_429.format(limit=6000)}, headers=headers
                 )
-            return _Response(
-                429,
-                {"code": 429, "message": _TD_CREDITS.format(used=9, limit=8), "status": "error"},
-                headers=headers,
-            )
+            return _Response(429, self._td_body(429, _TD_CREDITS.format(used=9, limit=8)), headers=headers)
         if status in (502, 503, 504):
             return _Response(status, _HTML_PAGE.replace(b"{status}", kind.encode()), "text/html")
         if fault.retry_after is not None:
@@ -1128,9 +1532,7 @@ class FakeUpstream:
                 {"code": -1001, "msg": "Internal error; unable to process your request. Please try again."},
                 headers=headers,
             )
-        return _Response(
-            status, {"code": status, "message": f"fake error {status}", "status": "error"}, headers=headers
-        )
+        return _Response(status, self._td_body(status, f"fake error {status}"), headers=headers)
 
 
 def _retry_header(seconds: float) -> str:
@@ -1353,8 +1755,10 @@ def main(argv: list[str] | None = None) -> int:
         dest="api_keys",
         help="accepted Twelve Data key (repeatable; default: any non-empty key)",
     )
+    parser.add_argument("--forex-model", choices=FOREX_MODELS, default=REAL_MODEL, help="see the module doc")
     args = parser.parse_args(argv)
     fake = FakeUpstream(args.host, args.port, api_keys=args.api_keys).start()
+    fake.forex_model = args.forex_model
     print(fake.url, flush=True)
     print(f"  BINANCE_REST_URL={fake.url} TWELVE_DATA_REST_URL={fake.url}", file=sys.stderr, flush=True)
     try:

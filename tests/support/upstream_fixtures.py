@@ -39,13 +39,18 @@ def upstream_env(fake: FakeUpstream) -> dict[str, str]:
         "TWELVE_DATA_REST_URL": fake.url,
         "TWELVE_DATA_API_KEY": TEST_TWELVE_DATA_API_KEY,
         "HTTP_CONNECT_TIMEOUT": "1",
-        # Below FakeUpstream.timeout_seconds, so a "timeout" fault really times the client out.
-        "HTTP_READ_TIMEOUT": "1",
-        # Small budgets so injected faults resolve in about a second.
-        "UPSTREAM_RETRY_BUDGET_SECONDS": "2",
+        # Below FakeUpstream.timeout_seconds, so a "timeout" fault really times the client out; above what
+        # a 5000-row answer of the fake takes on a busy 2-core machine.
+        "HTTP_READ_TIMEOUT": "2",
+        # Small budgets so injected faults resolve in a few seconds (one timed-out attempt can be retried).
+        "UPSTREAM_RETRY_BUDGET_SECONDS": "4",
         "UPSTREAM_MAX_ATTEMPTS": "3",
         # The fake's bars are final the instant they close; a grace would only move the tests' boundaries.
         "BINANCE_CLOSE_GRACE_SECONDS": "0",
+        # Tests freeze the clock, so a free-tier minute (8 credits) would never end: budgets are tested
+        # where a test sets them (tests/cache/test_limits.py, the backfill's rate tests).
+        "TWELVE_DATA_CREDITS_PER_MINUTE": "10000",
+        "TWELVE_DATA_CREDITS_PER_DAY": "1000000",
     }
 
 

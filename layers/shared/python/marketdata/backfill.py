@@ -18,13 +18,15 @@ not started by then are reported "deferred". The Lambda sets it to its remaining
 BACKFILL_SAFETY_MARGIN_SECONDS, so the last page always finishes before the timeout.
 
 Rate budget: the Binance client guards its own request weight (UpstreamRateLimited with retry_after
-when the minute's budget is spent). Twelve Data's free tier has 8 credits per minute (one per page), shared
-with the API functions, so the backfill wraps the Twelve Data client in `PacedProvider`: a page request
-that would exceed TWELVE_DATA_CREDITS_PER_MINUTE within the last rolling minute is refused *before* it
-spends a credit, as UpstreamRateLimited with the wait. Either way `run_backfill` sleeps when the wait fits
-the time left and continues (fill_gaps resumes from coverage), and otherwise defers the job to the next run.
+when the minute's budget is spent), and a Binance ban seen by any Lambda stops every one. Twelve Data's
+credits (TWELVE_DATA_CREDITS_PER_MINUTE / _PER_DAY) are counted in Postgres for every Lambda and the
+backfill together (marketdata.limits); the backfill may not use the share reserved for API requests, and a
+page that would exceed its share is refused *before* it spends a credit, as UpstreamRateLimited with the
+wait. Either way `run_backfill` sleeps when the wait fits the time left and continues (fill_gaps resumes
+from coverage), and otherwise defers the job to the next run.
 
-A failing job (unknown symbol, provider down, database down) is reported and the next job runs.
+A failing job (unknown symbol, a pair outside the Twelve Data plan, provider down, database down) is
+reported with its reason and the next job runs.
 """
 
 from __future__ import annotations
@@ -35,10 +37,8 @@ import logging
 import math
 import re
 import sys
-import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from enum import StrEnum
@@ -61,8 +61,8 @@ from marketdata.intervals import (
     first_open_at_or_after,
     last_closed_open,
 )
-from marketdata.providers.base import FetchResult, MarketDataProvider, Page, merge_pages
-from marketdata.schemas import AssetClass, IntervalField, SymbolField
+from marketdata.providers.base import Page
+from marketdata.schemas import IntervalField, SymbolField
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -254,138 +254,13 @@ def _validation_message(exc: ValidationError) -> str:
     return "; ".join(problems)
 
 
-# --- Twelve Data pacing ------------------------------------------------------------------------------
-
-
-class RequestPacer:
-    """At most `per_minute` requests in any rolling 60 s window (stricter than a calendar-minute quota).
-
-    Thread-safe; one per process, so warm Lambda invocations share the memory of recent requests.
-    """
-
-    def __init__(self, per_minute: int, *, clock: Clock = time.time, window_seconds: float = 60.0) -> None:
-        if per_minute < 1:
-            raise ValueError("per_minute must be at least 1")
-        self.per_minute = per_minute
-        self._clock = clock
-        self._window = window_seconds
-        self._sent: deque[float] = deque()
-        self._lock = threading.Lock()
-
-    def wait_seconds(self) -> float:
-        """How long until one more request fits the budget (0 when it fits now)."""
-        with self._lock:
-            return self._wait(self._clock())
-
-    def try_acquire(self) -> float:
-        """Record a request and return 0 when it fits now; otherwise record nothing and return the wait."""
-        with self._lock:
-            now = self._clock()
-            wait = self._wait(now)
-            if wait <= 0:
-                self._sent.append(now)
-            return wait
-
-    def _wait(self, now: float) -> float:
-        while self._sent and self._sent[0] <= now - self._window:
-            self._sent.popleft()
-        if len(self._sent) < self.per_minute:
-            return 0.0
-        return self._sent[0] + self._window - now
-
-
-class PacedProvider:
-    """A provider whose page requests go through a RequestPacer.
-
-    A page that does not fit the budget raises UpstreamRateLimited(retry_after=wait) before any request
-    is sent, exactly like the upstream's own refusal but without spending a credit; the caller decides
-    whether to wait (run_backfill does, when the wait fits its deadline). Everything else is delegated.
-    """
-
-    def __init__(self, provider: MarketDataProvider, pacer: RequestPacer) -> None:
-        self._provider = provider
-        self._pacer = pacer
-        self.name = provider.name
-        self.asset_class = provider.asset_class
-        self.max_page_bars = provider.max_page_bars
-
-    @property
-    def pacer(self) -> RequestPacer:
-        return self._pacer
-
-    def iter_pages(self, symbol: str, interval: Interval, start: int, end: int) -> Iterator[Page]:
-        pages = self._provider.iter_pages(symbol, interval, start, end)
-        try:
-            while True:
-                wait = self._pacer.try_acquire()
-                if wait > 0:
-                    raise UpstreamRateLimited(
-                        f"{self.name} request budget of {self._pacer.per_minute} per minute is used up "
-                        f"(TWELVE_DATA_CREDITS_PER_MINUTE); next request in {wait:.0f} s",
-                        provider=self.name,
-                        retry_after=wait,
-                    )
-                # A credit is counted before the request: a request that fails may still cost one.
-                try:
-                    page = next(pages)
-                except StopIteration:
-                    return
-                yield page
-        finally:
-            close = getattr(pages, "close", None)
-            if close is not None:
-                close()
-
-    def fetch_candles(
-        self, symbol: str, interval: Interval, start: int, end: int, limit: int | None = None
-    ) -> FetchResult:
-        return merge_pages(self.iter_pages(symbol, interval, start, end), limit)
-
-    def get_available_symbols(self) -> list[str]:
-        return self._provider.get_available_symbols()
-
-    def close(self) -> None:
-        self._provider.close()
-
-    def __getattr__(self, name: str) -> Any:
-        # Client-specific extras (fetch_timeseries, ...) stay reachable.
-        return getattr(self._provider, name)
-
-
-class _BackfillProviders(Mapping[AssetClass, MarketDataProvider]):
-    """The process-wide clients, created on first use (a crypto-only backfill never needs a Twelve Data
-    key), with Twelve Data paced."""
-
-    def __init__(self, settings: Settings, pacer: RequestPacer) -> None:
-        self._settings = settings
-        self._pacer = pacer
-        self._paced: MarketDataProvider | None = None
-
-    def __getitem__(self, asset_class: AssetClass) -> MarketDataProvider:
-        from marketdata.providers import get_provider
-
-        provider = get_provider(asset_class, self._settings)
-        if asset_class is not AssetClass.FOREX:
-            return provider
-        if self._paced is None:
-            self._paced = PacedProvider(provider, self._pacer)
-        return self._paced
-
-    def __iter__(self) -> Iterator[AssetClass]:
-        return iter(AssetClass)
-
-    def __len__(self) -> int:
-        return len(AssetClass)
-
-
-def build_backfill_service(
-    settings: Settings, *, clock: Clock = time.time, pacer: RequestPacer | None = None
-) -> MarketDataService:
-    """A MarketDataService over the configured database whose Twelve Data requests are paced.
+def build_backfill_service(settings: Settings, *, clock: Clock = time.time) -> MarketDataService:
+    """A MarketDataService over the configured database (its fills count against the shared provider
+    budgets as the backfill's: see marketdata.limits).
 
     Raises ConfigurationError when no database is configured: a backfill has nowhere to write.
     """
-    from marketdata.service import MarketDataService
+    from marketdata.service import MarketDataService, lazy_providers
     from marketdata.store import CandleStore
 
     store = CandleStore.from_settings(settings)
@@ -394,13 +269,12 @@ def build_backfill_service(
             "no cache database configured: set DATABASE_URL (or DB_HOST, DB_NAME, DB_USER with "
             "DB_SECRET_ARN or DB_IAM_AUTH=true)"
         )
-    pacer = pacer or RequestPacer(settings.twelve_data_credits_per_minute, clock=clock)
-    return MarketDataService(store, _BackfillProviders(settings, pacer), settings, clock=clock)
+    return MarketDataService(store, lazy_providers(settings), settings, clock=clock)
 
 
 @lru_cache(maxsize=1)
 def get_backfill_service() -> MarketDataService:
-    """The process-wide backfill service (database connection, HTTP pools and pacer survive warm starts)."""
+    """The process-wide backfill service (database connections and HTTP pools survive warm starts)."""
     return build_backfill_service(get_settings())
 
 
@@ -680,7 +554,7 @@ def _run_job(
             return result(status, covered, f"rate limited, resumes next run: {exc.message}")
         except (
             MarketDataError
-        ) as exc:  # SymbolNotFound, Upstream*, DatabaseUnavailable, ConfigurationError...
+        ) as exc:  # SymbolNotFound, SymbolNotInPlan, Upstream*, DatabaseUnavailable, ConfigurationError...
             rows += attempt_rows
             return result(
                 JobStatus.FAILED, _covered_until(service, job, live), _failure_message(exc, live.pages)

@@ -10,12 +10,42 @@ missing Twelve Data key, for instance, only matters on the first forex call
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from functools import lru_cache
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from marketdata.errors import ConfigurationError
+
+#: The forex pairs served by default (Twelve Data symbols): the majors and the main crosses.
+DEFAULT_FOREX_PAIRS: tuple[str, ...] = (
+    "EUR/USD",
+    "GBP/USD",
+    "USD/JPY",
+    "USD/CHF",
+    "AUD/USD",
+    "NZD/USD",
+    "USD/CAD",
+    "EUR/GBP",
+    "EUR/JPY",
+    "GBP/JPY",
+    "AUD/JPY",
+    "EUR/AUD",
+    "GBP/AUD",
+    "EUR/CAD",
+    "GBP/CAD",
+    "AUD/NZD",
+    "EUR/NZD",
+    "CHF/JPY",
+    "CAD/JPY",
+    "NZD/JPY",
+    "EUR/CHF",
+    "GBP/CHF",
+    "AUD/CAD",
+    "NZD/CAD",
+    "GBP/NZD",
+)
 
 
 class Settings(BaseModel):
@@ -33,10 +63,14 @@ class Settings(BaseModel):
     binance_quote_assets: tuple[str, ...] = Field(
         ("USDT", "BUSD", "BTC"), validation_alias="BINANCE_QUOTE_ASSETS"
     )
+    # The forex pairs the service serves (/v1/symbols, and the only ones /v1/candles accepts).
+    forex_pairs: tuple[str, ...] = Field(DEFAULT_FOREX_PAIRS, validation_alias="FOREX_PAIRS")
 
-    # HTTP timeouts (seconds) and retry budget: all well inside API Gateway's 30 s.
+    # HTTP timeouts (seconds) and retry budget: all well inside API Gateway's 30 s. The read timeout is
+    # below the retry budget so a timed-out request can be retried; both are cut further to what is left
+    # of the request's deadline (marketdata.limits).
     http_connect_timeout: float = Field(3.0, gt=0, validation_alias="HTTP_CONNECT_TIMEOUT")
-    http_read_timeout: float = Field(10.0, gt=0, validation_alias="HTTP_READ_TIMEOUT")
+    http_read_timeout: float = Field(5.0, gt=0, validation_alias="HTTP_READ_TIMEOUT")
     upstream_retry_budget_seconds: float = Field(8.0, ge=0, validation_alias="UPSTREAM_RETRY_BUDGET_SECONDS")
     upstream_max_attempts: int = Field(4, ge=1, le=10, validation_alias="UPSTREAM_MAX_ATTEMPTS")
     # A Binance kline read in the first moments after its close may not hold the last trades yet: it counts
@@ -65,27 +99,73 @@ class Settings(BaseModel):
     # Enforced client-side as the socket timeout (+1 s) so no query holds a Lambda past it; the server-side
     # statement_timeout belongs in the RDS Proxy InitQuery or ALTER ROLE (a SET here would pin the proxy).
     db_statement_timeout_ms: int = Field(10_000, gt=0, validation_alias="DB_STATEMENT_TIMEOUT_MS")
-    # How long a Lambda waits for another one that is already fetching the same gap.
+    # A request that finds another one filling the same series waits for it as long as that one makes
+    # progress (coverage grows at least this often), up to its own deadline; then it answers from what is
+    # stored (partial). It never fetches the same pages itself.
     single_flight_wait_seconds: float = Field(10.0, ge=0, validation_alias="SINGLE_FLIGHT_WAIT_SECONDS")
+    # After a database failure, the store is skipped (answers bypass at once) for this long instead of
+    # every request waiting out the connect timeout again.
+    db_retry_after_seconds: float = Field(10.0, ge=0, validation_alias="DB_RETRY_AFTER_SECONDS")
+
+    # --- what one request may cost (marketdata.limits) ---
+    # Provider requests one API request may make: Binance pages (1000 bars each: 5 fill the largest
+    # answer, limit=5000), Twelve Data credits (4999 bars each). Past it the answer is what was filled,
+    # partial, with next_start to continue.
+    binance_max_requests_per_call: int = Field(
+        5, ge=1, le=100, validation_alias="BINANCE_MAX_REQUESTS_PER_CALL"
+    )
+    twelve_data_max_requests_per_call: int = Field(
+        2, ge=1, le=100, validation_alias="TWELVE_DATA_MAX_REQUESTS_PER_CALL"
+    )
+    # Time one request may take when the caller does not say (a Lambda says: its remaining time), and the
+    # margin kept free before a Lambda's timeout for the answer itself.
+    request_timeout_seconds: float = Field(25.0, gt=0, validation_alias="REQUEST_TIMEOUT_SECONDS")
+    request_deadline_margin_seconds: float = Field(
+        3.0, ge=0, validation_alias="REQUEST_DEADLINE_MARGIN_SECONDS"
+    )
+    # The still-open bar is fetched at most once per symbol and interval per this many seconds, for all
+    # callers together (Twelve Data's credits are scarce).
+    binance_open_bar_ttl_seconds: float = Field(2.0, ge=0, validation_alias="BINANCE_OPEN_BAR_TTL_SECONDS")
+    twelve_data_open_bar_ttl_seconds: float = Field(
+        60.0, ge=0, validation_alias="TWELVE_DATA_OPEN_BAR_TTL_SECONDS"
+    )
+    # A symbol the provider rejects is answered 404 without asking again for this long.
+    unknown_symbol_ttl_seconds: int = Field(3600, ge=0, validation_alias="UNKNOWN_SYMBOL_TTL_SECONDS")
 
     # --- service ---
     symbols_ttl_seconds: int = Field(3600, ge=0, validation_alias="SYMBOLS_TTL_SECONDS")
     backfill_default_lookback_days: int = Field(30, ge=1, validation_alias="BACKFILL_DEFAULT_LOOKBACK_DAYS")
-    # Twelve Data's free tier grants 8 API credits per minute (1 credit per time_series page); the backfill
-    # paces its own Twelve Data requests to this many per rolling minute so it never burns the budget the
-    # API functions also need. Raise it on a paid plan.
+    # Twelve Data's free tier grants 8 API credits per minute and 800 per day (1 credit per time_series
+    # page). Every Lambda and the backfill count them together in Postgres and stop before the plan's
+    # limit (no 429 is ever provoked); the backfill leaves the reserved share to interactive requests.
+    # Raise them on a paid plan.
     twelve_data_credits_per_minute: int = Field(8, ge=1, validation_alias="TWELVE_DATA_CREDITS_PER_MINUTE")
+    twelve_data_credits_per_day: int = Field(800, ge=1, validation_alias="TWELVE_DATA_CREDITS_PER_DAY")
+    twelve_data_reserved_credits_per_minute: int = Field(
+        2, ge=0, validation_alias="TWELVE_DATA_RESERVED_CREDITS_PER_MINUTE"
+    )
+    twelve_data_reserved_credits_per_day: int = Field(
+        100, ge=0, validation_alias="TWELVE_DATA_RESERVED_CREDITS_PER_DAY"
+    )
     # Time kept free at the end of a backfill Lambda run: no page starts later than this before the
     # timeout, so the last page (one upstream request + one transaction) always finishes cleanly.
     backfill_safety_margin_seconds: float = Field(
         20.0, ge=0, validation_alias="BACKFILL_SAFETY_MARGIN_SECONDS"
     )
 
-    @field_validator("binance_quote_assets", mode="before")
+    @field_validator("binance_quote_assets", "forex_pairs", mode="before")
     @classmethod
-    def _split_assets(cls, value: object) -> object:
+    def _split_list(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(part.strip().upper() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("forex_pairs")
+    @classmethod
+    def _pairs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [pair for pair in value if not re.fullmatch(r"[A-Z0-9]{2,10}/[A-Z0-9]{2,10}", pair)]
+        if bad:
+            raise ValueError(f"forex pairs are written BASE/QUOTE (EUR/USD), not {', '.join(bad)}")
         return value
 
     @field_validator("binance_rest_url", "twelve_data_rest_url")

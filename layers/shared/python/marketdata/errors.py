@@ -36,13 +36,43 @@ class InvalidInterval(InvalidRequest):
 
 
 class SymbolNotFound(MarketDataError):
-    """The provider does not know the symbol (Binance -1121, Twelve Data "**symbol** not found")."""
+    """The provider does not know the symbol (Binance -1121; Twelve Data 404 "**symbol** or **figi**
+    parameter is missing or invalid", formerly 400 "**symbol** not found")."""
 
-    def __init__(self, symbol: str, provider: str | None = None) -> None:
+    def __init__(self, symbol: str, provider: str | None = None, *, hint: str = "") -> None:
         where = f" on {provider}" if provider else ""
-        super().__init__(f"unknown symbol {symbol!r}{where}")
+        super().__init__(f"unknown symbol {symbol!r}{where}{hint}")
         self.symbol = symbol
         self.provider = provider
+
+
+#: How providers are named in messages for API users.
+_DISPLAY_NAMES = {"twelve_data": "Twelve Data", "binance": "Binance"}
+
+
+class SymbolNotInPlan(MarketDataError):
+    """The provider knows the symbol but the service's plan with it does not include it (Twelve Data 404
+    "This symbol is available starting with the Grow or Venture plan").
+
+    An entitlement problem of the deployment, not a passing provider failure: deliberately not an
+    UpstreamError, so the service does not answer around it from the cache (cache=partial) the way it
+    does when a provider is down. `plan` is the plan the provider named, when it named one.
+    """
+
+    def __init__(
+        self,
+        symbol: str,
+        provider: str,
+        *,
+        display_name: str | None = None,
+        plan: str | None = None,
+    ) -> None:
+        shown = display_name or _DISPLAY_NAMES.get(provider, provider)
+        needed = f" (available starting with the {plan} plan)" if plan else ""
+        super().__init__(f"{symbol!r} needs a higher {shown} plan than the service's API key has{needed}")
+        self.symbol = symbol
+        self.provider = provider
+        self.plan = plan
 
 
 # --- upstream errors -------------------------------------------------------------------------
@@ -69,6 +99,16 @@ class UpstreamRateLimited(UpstreamError):
 
 class UpstreamUnavailable(UpstreamError):
     """5xx, timeouts or connection failures that outlasted the retry budget."""
+
+
+class IncompleteAnswer(MarketDataError):
+    """An answer that must be whole (a UDF history range) could not be completed in this request: a
+    provider failed or the request's budget ran out part way. What was fetched stays cached, so a retry
+    after `retry_after` seconds goes further; the caller is never handed a part as if it were all."""
+
+    def __init__(self, message: str, *, retry_after: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class UpstreamBadResponse(UpstreamError):

@@ -5,13 +5,20 @@ validation errors) into HTTP answers, so the candles and symbols functions canno
 
     InvalidRequest / InvalidInterval / bad query types  -> 400 {"message", "param"}
     SymbolNotFound                                      -> 404 {"message", "param": "symbol"}
+    SymbolNotInPlan                                     -> 403 {"message", "param": "symbol"}: the pair
+                                                           needs a higher provider plan than the service's
     UpstreamRateLimited                                 -> 503 + Retry-After (whole seconds, rounded up)
+    IncompleteAnswer                                    -> 503 + Retry-After: a whole answer (UDF history)
+                                                           could not be completed in this request
     UpstreamUnavailable / BadResponse / AuthError       -> 502
     ConfigurationError, DatabaseUnavailable, any bug    -> 503 (logged with its stack; the body says only
                                                            what the caller can act on, and the request id)
 
 No input, however odd, produces a 500 or a stack trace: every handler is wrapped by `lambda_entry`,
 which also catches what escapes the resolver itself. Errors are never cached (`Cache-Control: no-store`).
+The body is `{"message", "param"}` (ErrorResponse) unless a function speaks another protocol: the UDF
+function passes its own `ErrorBody` renderer (`{"s": "error", "errmsg"}`) and parameter descriptions,
+and the mapping stays this one.
 
 Observability: one Powertools Logger (JSON, Lambda context and the API Gateway request id as
 correlation id, one "answered" line per request with status, X-Cache and latency), one Metrics object
@@ -45,8 +52,10 @@ from aws_lambda_powertools.metrics import MetricUnit
 from marketdata.errors import (
     ConfigurationError,
     DatabaseUnavailable,
+    IncompleteAnswer,
     InvalidRequest,
     SymbolNotFound,
+    SymbolNotInPlan,
     UpstreamAuthError,
     UpstreamError,
     UpstreamRateLimited,
@@ -57,6 +66,7 @@ from marketdata.schemas import CacheStatus, ErrorResponse
 if TYPE_CHECKING:
     from aws_lambda_powertools.event_handler import APIGatewayHttpResolver
 
+    from marketdata.config import Settings
     from marketdata.service import HistoryResult, SymbolsResult
 
 SERVICE_NAME = os.environ.get("POWERTOOLS_SERVICE_NAME") or "marketdata"
@@ -120,14 +130,29 @@ class ApiError:
     headers: Mapping[str, str] = field(default_factory=dict)
 
 
-def error_for_exception(exc: BaseException, *, request_id: str | None = None) -> ApiError:
+#: Renders an error answer's body (JSON text).
+ErrorBody = Callable[[ApiError], str]
+
+
+def error_json(error: ApiError) -> str:
+    """The service's error body: ErrorResponse `{"message", "param"}`."""
+    return ErrorResponse(message=error.message, param=error.param).model_dump_json()
+
+
+def error_for_exception(
+    exc: BaseException, *, request_id: str | None = None, param_help: Mapping[str, str] | None = None
+) -> ApiError:
     """The answer for an exception raised while serving a request (the single mapping)."""
     if isinstance(exc, RequestValidationError):
-        return error_for_validation(exc)
+        return error_for_validation(exc, param_help)
     if isinstance(exc, InvalidRequest):  # InvalidInterval included
         return ApiError(400, exc.message, exc.param)
     if isinstance(exc, SymbolNotFound):
         return ApiError(404, exc.message, "symbol")
+    if isinstance(exc, SymbolNotInPlan):
+        # Not the caller's typo and not a passing outage: the deployment's plan lacks this pair.
+        _log.warning("provider %s: %s is outside the service's plan", exc.provider, exc.symbol)
+        return ApiError(403, exc.message, "symbol")
     if isinstance(exc, UpstreamRateLimited):
         wait = DEFAULT_RETRY_AFTER_SECONDS
         if exc.retry_after is not None and math.isfinite(exc.retry_after):
@@ -137,6 +162,9 @@ def error_for_exception(exc: BaseException, *, request_id: str | None = None) ->
             f"{exc.message}; nothing cached covers this request, retry after {wait} s",
             headers={"Retry-After": str(wait)},
         )
+    if isinstance(exc, IncompleteAnswer):
+        wait = max(1, exc.retry_after)
+        return ApiError(503, f"{exc.message}; retry after {wait} s", headers={"Retry-After": str(wait)})
     if isinstance(exc, UpstreamAuthError):
         # An operator problem (our key was refused): say so without any detail about the key.
         _log.error("provider %s rejected the service's credentials: %s", exc.provider, exc.message)
@@ -171,8 +199,12 @@ _PARAM_HELP: dict[str, str] = {
 }
 
 
-def error_for_validation(exc: RequestValidationError) -> ApiError:
-    """400 naming the first offending parameter, in words a user can act on."""
+def error_for_validation(
+    exc: RequestValidationError, param_help: Mapping[str, str] | None = None
+) -> ApiError:
+    """400 naming the first offending parameter, in words a user can act on (`param_help`: a function's
+    own descriptions of its parameters, over the shared ones)."""
+    help_for = {**_PARAM_HELP, **(param_help or {})}
     errors = list(exc.errors())
     if not errors:
         return ApiError(400, "invalid request")
@@ -182,34 +214,39 @@ def error_for_validation(exc: RequestValidationError) -> ApiError:
     if param is None:
         return ApiError(400, "invalid request")
     if first.get("type") == "missing":
-        hint = f": {_PARAM_HELP[param]}" if param in _PARAM_HELP else ""
+        hint = f": {help_for[param]}" if param in help_for else ""
         return ApiError(400, f"{param} is required{hint}", param)
     if param == "interval":
         try:
             parse_interval(first.get("input"))
         except InvalidRequest as bad:
             return ApiError(400, bad.message, param)
-    expected = _PARAM_HELP.get(param)
+    expected = help_for.get(param)
     detail = f"expected {expected}" if expected else str(first.get("msg", "invalid value"))
     more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
     return ApiError(400, f"invalid {param}: {detail}{more}", param)
 
 
-def error_response(error: ApiError) -> Response:
-    body = ErrorResponse(message=error.message, param=error.param).model_dump_json()
+def error_response(error: ApiError, body: ErrorBody = error_json) -> Response:
     return Response(
         status_code=error.status,
         content_type=content_types.APPLICATION_JSON,
-        body=body,
+        body=body(error),
         headers={"Cache-Control": NO_STORE, **error.headers},
     )
 
 
-def register_error_handlers(app: APIGatewayHttpResolver) -> None:
-    """Route every exception a route can raise through `error_for_exception`."""
+def register_error_handlers(
+    app: APIGatewayHttpResolver,
+    *,
+    body: ErrorBody = error_json,
+    param_help: Mapping[str, str] | None = None,
+) -> None:
+    """Route every exception a route can raise through `error_for_exception`, rendered by `body`."""
 
     def handle(exc: Exception) -> Response:
-        return error_response(error_for_exception(exc, request_id=_request_id(app)))
+        error = error_for_exception(exc, request_id=_request_id(app), param_help=param_help)
+        return error_response(error, body)
 
     # The most specific handler wins (Powertools walks the exception's MRO), so this one catch-all
     # covers typed errors, validation errors and bugs alike.
@@ -218,7 +255,7 @@ def register_error_handlers(app: APIGatewayHttpResolver) -> None:
     @app.not_found
     def not_found(_: NotFoundError) -> Response:
         event = app.current_event
-        return error_response(ApiError(404, f"no route for {event.http_method} {event.path}"))
+        return error_response(ApiError(404, f"no route for {event.http_method} {event.path}"), body)
 
 
 def _request_id(app: APIGatewayHttpResolver) -> str | None:
@@ -235,6 +272,20 @@ LONG_CACHE_CONTROL = "public, max-age=86400, immutable"
 MIN_MAX_AGE = 5
 #: Answers reaching the present are kept at most this long, whatever the interval.
 MAX_SHORT_MAX_AGE = 600
+
+
+def request_timeout(app: APIGatewayHttpResolver, settings: Settings) -> float:
+    """Seconds the current request may take: the Lambda's remaining time less the answer's margin
+    (REQUEST_DEADLINE_MARGIN_SECONDS), or REQUEST_TIMEOUT_SECONDS outside Lambda."""
+    context = getattr(app, "lambda_context", None)
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    if remaining is None:
+        return settings.request_timeout_seconds
+    try:
+        left = float(remaining()) / 1000
+    except (TypeError, ValueError):
+        return settings.request_timeout_seconds
+    return max(0.0, left - settings.request_deadline_margin_seconds)
 
 
 def history_cache_control(result: HistoryResult, *, now: float) -> str:
@@ -273,12 +324,19 @@ GZIP_MIN_BYTES = 1400
 GZIP_LEVEL = 1
 
 
-def json_response(body: str, *, cache_control: str, x_cache: CacheStatus | None = None) -> Response:
-    """A 200 with an already serialized JSON body (the resolver does not re-encode strings)."""
+def json_response(
+    body: str,
+    *,
+    cache_control: str,
+    x_cache: CacheStatus | None = None,
+    content_type: str = content_types.APPLICATION_JSON,
+) -> Response:
+    """A 200 with an already serialized body (the resolver does not re-encode strings): JSON unless
+    `content_type` says otherwise (the chart page, its script, the UDF server time)."""
     headers = {"Cache-Control": cache_control, "Vary": "Accept-Encoding"}
     if x_cache is not None:
         headers["X-Cache"] = x_cache.value
-    return Response(status_code=200, content_type=content_types.APPLICATION_JSON, body=body, headers=headers)
+    return Response(status_code=200, content_type=content_type, body=body, headers=headers)
 
 
 def gzip_result(event: Mapping[str, Any], result: dict[str, Any]) -> dict[str, Any]:
@@ -352,9 +410,12 @@ def tracing_enabled(environ: Mapping[str, str] | None = None) -> bool:
     return on and not off
 
 
-def lambda_entry(app: APIGatewayHttpResolver, *, operation: str) -> LambdaHandler:
+def lambda_entry(
+    app: APIGatewayHttpResolver, *, operation: str, body: ErrorBody = error_json
+) -> LambdaHandler:
     """Wrap a resolver into the Lambda handler: logging context, metrics flush, optional tracing, and a
-    last-resort catch so even a failure outside the routes answers JSON, never a stack trace."""
+    last-resort catch so even a failure outside the routes answers JSON (rendered by `body`), never a
+    stack trace."""
 
     def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         started = time.perf_counter()
@@ -362,7 +423,7 @@ def lambda_entry(app: APIGatewayHttpResolver, *, operation: str) -> LambdaHandle
         try:
             result = gzip_result(event, app.resolve(event, context))
         except Exception as exc:
-            result = raw_error_result(error_for_exception(exc, request_id=_safe_request_id(event)))
+            result = raw_error_result(error_for_exception(exc, request_id=_safe_request_id(event)), body)
         elapsed_ms = round((time.perf_counter() - started) * 1000, 3)
         _account(event, result, elapsed_ms)
         return result
@@ -417,7 +478,7 @@ def _safe_request_id(event: object) -> str | None:
     return None
 
 
-def raw_error_result(error: ApiError) -> dict[str, Any]:
+def raw_error_result(error: ApiError, body: ErrorBody = error_json) -> dict[str, Any]:
     """An API Gateway v2 result dict for an error, built without the resolver."""
     return {
         "statusCode": error.status,
@@ -426,7 +487,7 @@ def raw_error_result(error: ApiError) -> dict[str, Any]:
             "Cache-Control": NO_STORE,
             **error.headers,
         },
-        "body": ErrorResponse(message=error.message, param=error.param).model_dump_json(),
+        "body": body(error),
         "isBase64Encoded": False,
     }
 
@@ -435,6 +496,7 @@ def raw_error_result(error: ApiError) -> dict[str, Any]:
 
 _ERROR_DESCRIPTIONS = {
     400: "Invalid input: the message names the problem and `param` the offending query parameter",
+    403: "The symbol exists but needs a higher data-provider plan (Twelve Data) than the service's",
     404: "Unknown symbol",
     502: "The data provider failed (unavailable, unreadable answer, or refused the service's credentials) "
     "and the cache has nothing for this request",
@@ -443,8 +505,12 @@ _ERROR_DESCRIPTIONS = {
 }
 
 
-def error_responses(*statuses: int) -> dict[int, dict[str, Any]]:
-    """OpenAPI response objects for the given error statuses (all share the ErrorResponse body)."""
+def error_responses(
+    *statuses: int, model: type = ErrorResponse, descriptions: Mapping[int, str] | None = None
+) -> dict[int, dict[str, Any]]:
+    """OpenAPI response objects for the given error statuses (all share one body model, ErrorResponse
+    unless the function speaks another protocol)."""
+    described = {**_ERROR_DESCRIPTIONS, **(descriptions or {})}
     out: dict[int, dict[str, Any]] = {}
     for status in statuses:
         headers: dict[str, Any] = {
@@ -456,20 +522,27 @@ def error_responses(*statuses: int) -> dict[int, dict[str, Any]]:
                 "schema": {"type": "integer", "minimum": 1},
             }
         out[status] = {
-            "description": _ERROR_DESCRIPTIONS[status],
+            "description": described[status],
             "headers": headers,
-            "content": {content_types.APPLICATION_JSON: {"model": ErrorResponse}},
+            "content": {content_types.APPLICATION_JSON: {"model": model}},
         }
     return out
 
 
-def ok_response(model: type, description: str, *, with_x_cache: bool) -> dict[int, dict[str, Any]]:
+def ok_response(
+    model: Any,
+    description: str,
+    *,
+    with_x_cache: bool,
+    content_type: str | tuple[str, ...] = content_types.APPLICATION_JSON,
+    cache_control: str = "long for answers about the closed past, a few seconds to minutes for answers "
+    "reaching the present",
+) -> dict[int, dict[str, Any]]:
+    """The documented 200: a `model` body, or a plain string body (model None) of `content_type` (or
+    of any of several)."""
+    types = (content_type,) if isinstance(content_type, str) else content_type
     headers: dict[str, Any] = {
-        "Cache-Control": {
-            "description": "long for answers about the closed past, a few seconds to minutes for answers "
-            "reaching the present",
-            "schema": {"type": "string"},
-        },
+        "Cache-Control": {"description": cache_control, "schema": {"type": "string"}},
     }
     if with_x_cache:
         headers["X-Cache"] = {
@@ -481,6 +554,6 @@ def ok_response(model: type, description: str, *, with_x_cache: bool) -> dict[in
         200: {
             "description": description,
             "headers": headers,
-            "content": {content_types.APPLICATION_JSON: {"model": model}},
+            "content": {t: {"model": model} if model else {"schema": {"type": "string"}} for t in types},
         }
     }

@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from marketdata.config import Settings, get_settings
 from marketdata.errors import (
@@ -46,7 +46,10 @@ from marketdata.errors import (
     InvalidRequest,
     MarketDataError,
     SingleFlightTimeout,
+    SymbolNotFound,
+    SymbolNotInPlan,
     UpstreamError,
+    UpstreamRateLimited,
 )
 from marketdata.intervals import (
     Interval,
@@ -60,7 +63,8 @@ from marketdata.intervals import (
     parse_interval,
     whole_bars_through,
 )
-from marketdata.providers.base import MarketDataProvider, Page, source_interval
+from marketdata.limits import RequestLimitReached, RequestLimits, quota_for
+from marketdata.providers.base import FetchResult, MarketDataProvider, Page, merge_pages, source_interval
 from marketdata.resample import resample
 from marketdata.schemas import (
     MAX_LIMIT,
@@ -78,6 +82,13 @@ logger = logging.getLogger(__name__)
 
 # Same ceiling as schemas.UnixSeconds (year 3000): keeps calendar arithmetic in range.
 _MAX_TIME = 32503680000
+_T = TypeVar("_T")
+# How long the symbol lists checked by /v1/candles are reused in a process before reading them again.
+_LISTED_REUSE_SECONDS = 60.0
+# A caller fetching the shared open bar holds its claim this long at most (others serve the old bar).
+_OPEN_BAR_CLAIM_SECONDS = 5.0
+# Time kept, at the end of a request's wait for the fill lock, for reading and sending the answer.
+_ANSWER_RESERVE_SECONDS = 1.0
 # How many times a window that held too few bars is widened before answering with what it has.
 _MAX_WIDENINGS = 3
 # Forex has few bars from Friday 17:00 to Sunday 17:00 New York (about 2 days of 7; some weekends have
@@ -173,29 +184,125 @@ def _select(bars: Mapping[int, Candle], lo: int, hi: int, limit: int, newest: bo
 
 
 class _Counters:
-    """Provider calls and rows written for one answer (or one fill)."""
+    """What one answer (or one fill) has cost, and the limits on what it may still cost."""
 
-    __slots__ = ("calls", "pages", "rows")
+    __slots__ = ("calls", "dropped", "limits", "pages", "rows")
 
-    def __init__(self) -> None:
-        self.calls = 0
-        self.pages = 0
-        self.rows = 0
+    def __init__(self, limits: RequestLimits | None = None) -> None:
+        self.calls = 0  # provider requests made
+        self.pages = 0  # pages stored
+        self.rows = 0  # bars inserted
+        self.dropped = 0  # bars the provider sent that failed validation (their range stays uncovered)
+        self.limits = limits or RequestLimits()
 
 
-def _first_page(
-    provider: MarketDataProvider, symbol: str, interval: Interval, start: int, end: int, counters: _Counters
-) -> Page | None:
-    """One upstream request: the first page of [start, end]; the generator is closed so no second
-    request starts."""
-    pages: Iterator[Page] = provider.iter_pages(symbol, interval, start, end)
-    counters.calls += 1
-    try:
-        return next(pages, None)
-    finally:
-        close = getattr(pages, "close", None)
-        if close is not None:
-            close()
+_REJECTIONS: dict[str, Callable[[str, str], MarketDataError]] = {
+    "unknown": lambda symbol, provider: SymbolNotFound(symbol, provider),
+    "plan": lambda symbol, provider: SymbolNotInPlan(symbol, provider),
+}
+
+
+class _GuardedProvider:
+    """A provider as one answer (or one fill) may use it.
+
+    Every upstream request first passes the request's limits (ceiling, deadline: RequestLimitReached),
+    the symbols this deployment's providers refused (remembered for every Lambda), and the provider's
+    quota shared by every Lambda (UpstreamRateLimited with retry_after when spent, before the provider
+    is asked). What the provider refuses is remembered for every Lambda: a ban or a 429's Retry-After,
+    an unknown or plan-gated symbol. Without a usable store only the request's own limits apply.
+    """
+
+    def __init__(self, service: MarketDataService, provider: MarketDataProvider, counters: _Counters, *,
+                 interactive: bool) -> None:
+        self.inner = provider
+        self.name = provider.name
+        self.max_page_bars = provider.max_page_bars
+        self._service = service
+        self._counters = counters
+        self._interactive = interactive
+        self._checked: set[str] = set()
+
+    def iter_pages(self, symbol: str, interval: Interval, start: int, end: int) -> Iterator[Page]:
+        pages = self.inner.iter_pages(symbol, interval, start, end)
+        try:
+            while True:
+                self._before_request(symbol)
+                try:
+                    page = next(pages)
+                except StopIteration:
+                    self._counters.limits.provider_requests -= 1  # the provider had nothing left to ask
+                    return
+                except MarketDataError as exc:
+                    self._counters.calls += 1
+                    self._remember_refusal(symbol, exc)
+                    raise
+                self._counters.calls += 1
+                self._counters.dropped += page.dropped
+                yield page
+        finally:
+            close = getattr(pages, "close", None)
+            if close is not None:
+                close()
+
+    def fetch_candles(self, symbol: str, interval: Interval, start: int, end: int) -> FetchResult:
+        return merge_pages(self.iter_pages(symbol, interval, start, end))
+
+    def first_page(self, symbol: str, interval: Interval, start: int, end: int) -> Page | None:
+        """One upstream request: the first page of [start, end] (no second request is started)."""
+        pages = self.iter_pages(symbol, interval, start, end)
+        try:
+            return next(pages, None)
+        finally:
+            pages.close()  # type: ignore[attr-defined]
+
+    def _store(self) -> CandleStore | None:
+        return self._service.shared_store()
+
+    def _before_request(self, symbol: str) -> None:
+        store, now = self._store(), self._service.clock()
+        if store is not None and symbol not in self._checked:
+            self._checked.add(symbol)
+            reason = self._shared(lambda: store.rejected_symbol(symbol, now))
+            if reason in _REJECTIONS:
+                raise _REJECTIONS[reason](symbol, self.name)
+        self._counters.limits.before_provider_request()
+        if store is not None:
+            quota = quota_for(self.name, self._service.settings)
+            per_minute, per_day = quota.caps(interactive=self._interactive)
+            wait = self._shared(
+                lambda: store.take_provider_request(self.name, now, per_minute=per_minute, per_day=per_day)
+            )
+            if wait is not None:
+                self._counters.limits.provider_requests -= 1  # nothing was sent
+                raise UpstreamRateLimited(
+                    f"the {self.name} request budget this deployment shares is used up for now"
+                    f" (see TWELVE_DATA_CREDITS_PER_MINUTE/_PER_DAY); retry in {math.ceil(wait)} s",
+                    provider=self.name,
+                    retry_after=math.ceil(wait),
+                )
+
+    def _remember_refusal(self, symbol: str, exc: MarketDataError) -> None:
+        store, now = self._store(), self._service.clock()
+        if store is None:
+            return
+        if isinstance(exc, UpstreamRateLimited) and exc.retry_after:
+            until = now + float(exc.retry_after)
+            self._shared(lambda: store.block_provider(self.name, until))
+        elif isinstance(exc, SymbolNotFound | SymbolNotInPlan):
+            reason = "unknown" if isinstance(exc, SymbolNotFound) else "plan"
+            until = now + self._service.settings.unknown_symbol_ttl_seconds
+            self._shared(lambda: store.remember_rejected_symbol(symbol, reason, until))
+
+    def _shared(self, call: Callable[[], _T]) -> _T | None:
+        """A shared-state statement; the database failing only costs this request the shared view."""
+        try:
+            return call()
+        except DatabaseUnavailable as exc:
+            logger.warning("shared provider limits unavailable", extra={"error": str(exc)})
+            return None
+
+
+# --- what one request reads --------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,7 +314,7 @@ class _Series:
     open times; the sources translate them to base ranges.
     """
 
-    provider: MarketDataProvider
+    provider: _GuardedProvider
     symbol: str
     interval: Interval
     base: Interval
@@ -239,7 +346,9 @@ class _Series:
 
 class _Source(Protocol):
     counters: _Counters
+    #: Why the answer may lack bars: a provider error, or "ceiling" / "deadline" / "busy"; None: complete.
     failure: MarketDataError | None
+    stopped: str | None
 
     def ensure(self, lo: int, hi: int) -> None: ...
 
@@ -255,151 +364,109 @@ class _LiveSource:
         self.series = series
         self.counters = counters
         self.failure: MarketDataError | None = None
+        self.stopped: str | None = None
         self.bars: dict[int, Candle] = {}  # base bars
 
-    def ensure(self, lo: int, hi: int) -> None:
-        self.ensure_base(*self.series.base_span(lo, hi))
-
-    def ensure_base(self, lo: int, hi: int) -> None:
-        if self.failure is not None:
-            return
-        series = self.series
+    def _pages(self, lo: int, hi: int, max_pages: int | None = None) -> Page | None:
+        """Base pages of [lo, hi] into self.bars; the last page, None when none was fetched."""
+        if self.failure is not None or self.stopped is not None:
+            return None
+        series, last = self.series, None
         try:
-            result = series.provider.fetch_candles(series.symbol, series.base, lo, hi)
+            for count, page in enumerate(series.provider.iter_pages(series.symbol, series.base, lo, hi), 1):
+                for candle in page.candles:
+                    self.bars[candle.time] = candle
+                last = page
+                if page.end >= hi or (max_pages is not None and count >= max_pages):
+                    break  # nothing more to ask: do not let the ceiling count a request never needed
         except UpstreamError as exc:
-            self.counters.calls += 1
             self.failure = exc
-            return
-        self.counters.calls += max(result.pages, 1)
-        for candle in result.candles:
-            self.bars[candle.time] = candle
+        except RequestLimitReached as exc:
+            self.stopped = exc.reason
+        return last
+
+    def ensure(self, lo: int, hi: int) -> None:
+        self._pages(*self.series.base_span(lo, hi))
 
     def read(self, lo: int, hi: int, limit: int, newest: bool) -> list[Candle]:
         return self.series.built(self.bars, lo, hi, limit, newest)
 
     def probe(self, lo: int, hi: int) -> int | None:
         """One provider page from lo; the open time up to which [lo, ...] is now known, else None."""
-        if self.failure is not None:
-            return None
-        series = self.series
-        try:
-            page = _first_page(series.provider, series.symbol, series.base, *series.base_span(lo, hi),
-                               self.counters)
-        except UpstreamError as exc:
-            self.failure = exc
-            return None
-        if page is None:
-            return None
-        for candle in page.candles:
-            self.bars[candle.time] = candle
-        return series.known_through(page.end)
+        page = self._pages(*self.series.base_span(lo, hi), max_pages=1)
+        return None if page is None else self.series.known_through(page.end)
 
 
 class _CacheSource:
     """The store, filled from the provider page by page under the single-flight lock."""
 
     def __init__(
-        self, service: MarketDataService, store: CandleStore, series: _Series, counters: _Counters
+        self,
+        service: MarketDataService,
+        store: CandleStore,
+        series: _Series,
+        counters: _Counters,
+        *,
+        forward: bool,
     ) -> None:
         self.service = service
         self.store = store
         self.series = series
         self.counters = counters
+        self.forward = forward
         self.failure: MarketDataError | None = None
-        # Bars fetched live because the single-flight wait timed out: served, not stored.
-        self.overlay = _LiveSource(series, counters)
-        self.lock_busy = False
+        self.stopped: str | None = None
 
     def _coverage(self, lo: int, hi: int) -> list[tuple[int, int]]:
         return self.store.read_coverage(self.series.symbol, self.series.base, lo, hi)
 
-    def _fill(self, lo: int, hi: int, max_pages: int | None = None) -> None:
+    def _fill(self, lo: int, hi: int, *, forward: bool, max_pages: int | None = None) -> None:
+        if self.failure is not None or self.stopped is not None:
+            return  # the provider is failing or the budget is spent: serve what the cache has
         series = self.series
-        self.service._fill_range(
-            self.store, series.provider, series.symbol, series.base, lo, hi, self.counters,
-            max_pages=max_pages,
-        )
+        try:
+            self.service._fill_range(
+                self.store, series.provider, series.symbol, series.base, lo, hi, self.counters,
+                forward=forward, max_pages=max_pages,
+            )
+        except UpstreamError as exc:
+            logger.warning(
+                "provider failed while filling the cache; serving what it has",
+                extra={"symbol": series.symbol, "interval": series.base.value, "error": type(exc).__name__},
+            )
+            self.failure = exc
+        except RequestLimitReached as exc:
+            self.stopped = exc.reason
+        except SingleFlightTimeout:
+            # Another request holds the series and made no progress for a while, or our deadline came:
+            # answer from what is stored. Never fetch the same pages live: that is what multiplies calls.
+            logger.warning(
+                "single-flight wait ended; answering from what is stored",
+                extra={"symbol": series.symbol, "interval": series.base.value},
+            )
+            self.stopped = "busy"
 
     def ensure(self, lo: int, hi: int) -> None:
-        if self.failure is not None:
-            return  # the provider is failing: serve what the cache has, do not hammer it
-        base = self.series.base
-        base_lo, base_hi = self.series.base_span(lo, hi)
-        for gap_start, gap_end in _gaps(base, base_lo, base_hi, self._coverage(base_lo, base_hi)):
-            if self.lock_busy:
-                self._fetch_live(gap_start, gap_end)
-                continue
-            try:
-                self._fill(gap_start, gap_end)
-            except UpstreamError as exc:
-                logger.warning(
-                    "provider failed while filling the cache; serving what it has",
-                    extra={
-                        "symbol": self.series.symbol,
-                        "interval": base.value,
-                        "error": type(exc).__name__,
-                    },
-                )
-                self.failure = exc
-                return
-            except SingleFlightTimeout:
-                # Another Lambda holds the lock for too long: answer live rather than fail, without
-                # storing (that Lambda is storing this range), and do not wait again in this request.
-                logger.warning(
-                    "single-flight wait timed out; fetching live without storing",
-                    extra={"symbol": self.series.symbol, "interval": base.value},
-                )
-                self.lock_busy = True
-                # Pages this request stored before the timeout stay: fetch only what is still missing.
-                still = self._coverage(gap_start, gap_end)
-                for lo_missing, hi_missing in _gaps(base, gap_start, gap_end, still):
-                    self._fetch_live(lo_missing, hi_missing)
+        self._fill(*self.series.base_span(lo, hi), forward=self.forward)
 
     def probe(self, lo: int, hi: int) -> int | None:
         """Make [lo, ...] known with at most one provider page (none when coverage already starts at lo).
 
-        Returns the end of the covered run starting at lo, or None when nothing became known.
+        Returns the `interval` bar up to which [lo, ...] is known, or None when nothing became known.
         """
-        if self.failure is not None:
-            return None
-        if not self.lock_busy:
-            base_lo, base_hi = self.series.base_span(lo, hi)
+        base_lo, base_hi = self.series.base_span(lo, hi)
+        known = _covered_run_end(self._coverage(base_lo, base_hi), base_lo)
+        if known is None:
+            self._fill(base_lo, base_hi, forward=True, max_pages=self.counters.pages + 1)
             known = _covered_run_end(self._coverage(base_lo, base_hi), base_lo)
-            if known is None:
-                try:
-                    self._fill(base_lo, base_hi, max_pages=self.counters.pages + 1)
-                except UpstreamError as exc:
-                    self.failure = exc
-                    return None
-                except SingleFlightTimeout:
-                    self.lock_busy = True
-                else:
-                    known = _covered_run_end(self._coverage(base_lo, base_hi), base_lo)
-            if not self.lock_busy:
-                return None if known is None else self.series.known_through(known)
-        known_live = self.overlay.probe(lo, hi)
-        self.failure = self.overlay.failure
-        return known_live
-
-    def _fetch_live(self, lo: int, hi: int) -> None:
-        """Base bars [lo, hi] from the provider into the overlay."""
-        if self.failure is not None:
-            return
-        self.overlay.ensure_base(lo, hi)
-        self.failure = self.overlay.failure
+        return None if known is None else self.series.known_through(known)
 
     def read(self, lo: int, hi: int, limit: int, newest: bool) -> list[Candle]:
         series = self.series
-        if not self.overlay.bars:
-            return self.store.read_candles(
-                series.symbol, series.interval, lo, hi, limit=limit, newest=newest,
-                base=series.base if series.derived else None,
-            )
-        base_lo, base_hi = series.base_span(lo, hi)
-        merged = {c.time: c for c in self.store.read_candles(series.symbol, series.base, base_lo, base_hi)}
-        for t, candle in self.overlay.bars.items():
-            merged.setdefault(t, candle)
-        return series.built(merged, lo, hi, limit, newest)
+        return self.store.read_candles(
+            series.symbol, series.interval, lo, hi, limit=limit, newest=newest,
+            base=series.base if series.derived else None,
+        )
 
 
 # --- the service -------------------------------------------------------------------------------------
@@ -420,6 +487,22 @@ class MarketDataService:
         self.providers = providers
         self.settings = settings
         self.clock = clock
+        # The symbol lists /v1/candles checks symbols against, with when they were read (see _check_listed).
+        self._listed: dict[AssetClass, tuple[frozenset[str], float]] = {}
+        self._shared_store: CandleStore | None = None
+
+    def shared_store(self) -> CandleStore | None:
+        """The store for the limits every Lambda shares: the cache's database on a connection of its own,
+        so those statements commit at once, outside any fill transaction (None without a database)."""
+        if self._shared_store is None and self.store is not None:
+            self._shared_store = self.store.sibling()
+        return self._shared_store
+
+    def close(self) -> None:
+        """Close the database connections (the providers' clients stay: they are shared per process)."""
+        for store in (self.store, self._shared_store):
+            if store is not None:
+                store.close()
 
     def _provider(self, asset_class: AssetClass) -> MarketDataProvider:
         try:
@@ -443,7 +526,15 @@ class MarketDataService:
         end: int | None = None,
         limit: int = 500,
         include_open: bool = False,
+        *,
+        timeout: float | None = None,
     ) -> HistoryResult:
+        """The answer to one /v1/candles request (see the module docstring).
+
+        timeout: seconds this request may take (a Lambda's remaining time less a margin); default
+        REQUEST_TIMEOUT_SECONDS. Past it, or past the provider-request ceiling, the answer is what was
+        filled, marked partial.
+        """
         # Validate everything before any I/O: bad input never reaches the database or a provider.
         symbol = normalize_symbol(symbol)
         interval = parse_interval(interval)
@@ -458,8 +549,28 @@ class MarketDataService:
             raise InvalidRequest("include_open must be true or false", param="include_open")
         asset_class = detect_asset_class(symbol)
         provider = self._provider(asset_class)
-        series = _Series(provider, symbol, interval, source_interval(provider, interval))
+        self._check_listed(symbol, asset_class)
+        quota = quota_for(provider.name, self.settings)
+        limits = RequestLimits.for_request(
+            quota.max_per_request, self.settings.request_timeout_seconds if timeout is None else timeout
+        )
+        counters = _Counters(limits)
+        guarded = _GuardedProvider(self, provider, counters, interactive=True)
+        series = _Series(guarded, symbol, interval, source_interval(provider, interval))
+        with limits.active():
+            return self._answer(series, asset_class, start, end, limit, include_open, counters)
 
+    def _answer(
+        self,
+        series: _Series,
+        asset_class: AssetClass,
+        start: int | None,
+        end: int | None,
+        limit: int,
+        include_open: bool,
+        counters: _Counters,
+    ) -> HistoryResult:
+        symbol, interval = series.symbol, series.interval
         # The closed bars the request may draw from (never past the newest closed bar).
         now = self.clock()
         last_closed = last_closed_open(interval, now)
@@ -469,18 +580,16 @@ class MarketDataService:
         hi_bound = min(last_closed, bar_open(interval, end)) if end is not None else last_closed
         forward = start is not None  # first `limit` bars from start; otherwise the last `limit` bars
 
-        counters = _Counters()
         candles: list[Candle] = []
         next_start: int | None = None
         status = CacheStatus.HIT
-        failure: MarketDataError | None = None
 
         if lo_bound <= hi_bound:
             source: _Source
             bypass = self.store is None
             if not bypass:
                 assert self.store is not None
-                source = _CacheSource(self, self.store, series, counters)
+                source = _CacheSource(self, self.store, series, counters, forward=forward)
                 try:
                     candles, next_start = self._collect(
                         source, interval, asset_class, lo_bound, hi_bound, limit, forward
@@ -502,17 +611,18 @@ class MarketDataService:
                     source, interval, asset_class, lo_bound, hi_bound, limit, forward
                 )
                 status = CacheStatus.BYPASS
-            failure = source.failure
-            if failure is not None:
-                if not candles:
-                    raise failure
+            if source.failure is not None and not candles:
+                raise source.failure
+            if source.failure is not None or source.stopped is not None or counters.dropped:
+                # The answer may lack bars (a failed page, a spent budget, a bar the provider sent
+                # broken): it says so, and is never cached as final by anyone.
                 status = CacheStatus.PARTIAL
             elif status is not CacheStatus.BYPASS and counters.calls:
                 status = CacheStatus.MISS
 
         reaches_present = next_start is None and hi_bound >= last_closed
 
-        # The open bar: fetched live, never stored, never covered.
+        # The open bar: never stored in the cache, never covered; shared briefly by every caller.
         wants_open = (
             include_open
             and next_start is None
@@ -520,15 +630,9 @@ class MarketDataService:
             and (end is None or end >= open_time)
         )
         if wants_open:
-            try:
-                open_bar = self._fetch_open_bar(series, open_time, counters)
-            except UpstreamError as exc:
-                logger.warning(
-                    "could not fetch the open bar", extra={"symbol": symbol, "error": type(exc).__name__}
-                )
-                open_bar = None
-                if status is not CacheStatus.BYPASS:
-                    status = CacheStatus.PARTIAL
+            open_bar, complete = self._open_bar(series, open_time, counters)
+            if not complete and status is not CacheStatus.BYPASS:
+                status = CacheStatus.PARTIAL
             if open_bar is not None and (not candles or candles[-1].time < open_bar.time):
                 candles.append(open_bar)
                 reaches_present = True
@@ -537,7 +641,7 @@ class MarketDataService:
             symbol=symbol,
             interval=interval,
             asset_class=asset_class,
-            provider=provider.name,
+            provider=series.provider.name,
             candles=candles,
             next_start=next_start,
             cache=status,
@@ -545,6 +649,38 @@ class MarketDataService:
             provider_calls=counters.calls,
             rows_written=counters.rows,
         )
+
+    def _check_listed(self, symbol: str, asset_class: AssetClass) -> None:
+        """SymbolNotFound at once for a symbol the service does not list (/v1/symbols), so no caller can
+        make the providers look up made-up symbols. The lists come from the cache, reread once a minute."""
+        listed = self._listed.get(asset_class)
+        now = self.clock()
+        if listed is None or now - listed[1] >= min(_LISTED_REUSE_SECONDS, self.settings.symbols_ttl_seconds):
+            try:
+                symbols = frozenset(self.get_symbols(asset_class).symbols)
+            except MarketDataError as exc:
+                # No list to check against (the provider down and nothing cached): let the provider judge.
+                logger.warning(
+                    "symbol list unavailable; not checking the symbol",
+                    extra={"asset_class": asset_class.value, "error": type(exc).__name__},
+                )
+                return
+            listed = (symbols, now)
+            self._listed[asset_class] = listed
+        if symbol not in listed[0]:
+            raise SymbolNotFound(
+                symbol, self._provider(asset_class).name, hint=self._symbol_hint(symbol, asset_class)
+            )
+
+    def _symbol_hint(self, symbol: str, asset_class: AssetClass) -> str:
+        if asset_class is not AssetClass.CRYPTO:
+            return ""
+        try:
+            pairs = self.get_symbols(AssetClass.FOREX).symbols
+        except MarketDataError:
+            return ""
+        match = next((pair for pair in pairs if pair.replace("/", "") == symbol), None)
+        return f" (forex pairs are written with a slash: {match})" if match else ""
 
     def _collect(
         self,
@@ -570,7 +706,7 @@ class MarketDataService:
         source.ensure(lo, hi)
         bars = source.read(lo, hi, want, not forward)
         for _ in range(_MAX_WIDENINGS):
-            if len(bars) >= limit or source.failure is not None:
+            if len(bars) >= limit or source.failure is not None or source.stopped is not None:
                 break
             window = count_bars(interval, lo, hi)
             # Scale by the density seen so far; with nothing yet (a weekend, before a listing) look
@@ -603,7 +739,7 @@ class MarketDataService:
             return bars, None
         if len(bars) > limit:
             return bars[:limit], bars[limit].time
-        if source.failure is not None:
+        if source.failure is not None or source.stopped is not None:
             # Part of the window may be missing: resume right after what we have, so nothing is skipped.
             resume = next_open(interval, bars[-1].time) if bars else lo
             return bars, resume if resume <= hi_bound else None
@@ -611,86 +747,149 @@ class MarketDataService:
             return bars, next_open(interval, hi)
         return bars, None
 
-    def _fetch_open_bar(self, series: _Series, open_time: int, counters: _Counters) -> Candle | None:
+    def _open_bar(self, series: _Series, open_time: int, counters: _Counters) -> tuple[Candle | None, bool]:
+        """(the still-open bar or None, whether the answer about it is complete).
+
+        Fetched at most once per series per the provider's open-bar TTL for every caller together: the
+        first caller after the TTL claims it in Postgres, fetches and shares it; the others serve the
+        shared bar meanwhile. Without a usable store every caller fetches its own.
+        """
+        store, now = self.shared_store(), self.clock()
+        ttl = quota_for(series.provider.name, self.settings).open_bar_ttl
+        claimed = True
+        if store is not None and ttl > 0:
+            try:
+                claimed, shared = store.claim_open_bar(
+                    series.symbol, series.interval, open_time, now, ttl=ttl, hold=_OPEN_BAR_CLAIM_SECONDS
+                )
+            except DatabaseUnavailable as exc:
+                logger.warning("shared open bar unavailable", extra={"error": str(exc)})
+                store = None
+            else:
+                if not claimed:
+                    # Fresh, or another caller is fetching it right now: serve what is shared.
+                    return shared, shared is not None
+        try:
+            bar = self._fetch_open_bar(series, open_time)
+        except (UpstreamError, RequestLimitReached) as exc:
+            logger.warning(
+                "could not fetch the open bar", extra={"symbol": series.symbol, "error": type(exc).__name__}
+            )
+            bar, complete = None, False
+        else:
+            complete = True
+        if store is not None and claimed and ttl > 0:
+            try:
+                store.put_open_bar(series.symbol, series.interval, bar, now)
+            except DatabaseUnavailable as exc:
+                logger.warning("could not share the open bar", extra={"error": str(exc)})
+        return bar, complete
+
+    def _fetch_open_bar(self, series: _Series, open_time: int) -> Candle | None:
         """The still-open bar, live, in one provider request: a native bar as the provider has it; a
         derived bar built from its closed base bars plus the open base bar."""
-        counters.calls += 1
         base_open = bar_open(series.base, int(self.clock())) if series.derived else open_time
-        result = series.provider.fetch_candles(
-            series.symbol, series.base, open_time, max(open_time, base_open)
-        )
-        counters.calls += max(result.pages, 1) - 1
-        bars = [c for c in result.candles if c.time >= open_time]
-        if result.open_bar is not None and result.open_bar.time >= open_time:
-            bars.append(result.open_bar)
+        page = series.provider.first_page(series.symbol, series.base, open_time, max(open_time, base_open))
+        if page is None:
+            return None
+        bars = [c for c in page.candles if c.time >= open_time]
+        if page.open_bar is not None and page.open_bar.time >= open_time:
+            bars.append(page.open_bar)
         # The bar may have closed between our clock and the provider's: still the newest bar, still not
         # stored.
         return next((c for c in resample(series.interval, bars) if c.time == open_time), None)
 
+    def _lock_wait(self, counters: _Counters) -> float:
+        """How long a fill may wait for the series' lock: up to the request's deadline."""
+        left = counters.limits.seconds_left()
+        cap = self.settings.request_timeout_seconds if left is None else left - _ANSWER_RESERVE_SECONDS
+        return max(0.0, cap)
+
     def _fill_range(
         self,
         store: CandleStore,
-        provider: MarketDataProvider,
+        provider: _GuardedProvider,
         symbol: str,
         interval: Interval,
         start: int,
         end: int,
         counters: _Counters,
         *,
+        forward: bool = True,
         deadline: float | None = None,
         max_pages: int | None = None,
         on_page: Callable[[Page], None] | None = None,
     ) -> bool:
-        """Fill the uncovered parts of [start, end] one page per locked transaction. Returns True when it
-        stopped because [start, end] is covered (or the provider cannot make progress), False when stopped
-        by the deadline or max_pages."""
-        cursor = start
-        while cursor <= end:
+        """Fill the uncovered parts of [start, end] one provider page per locked transaction: the oldest
+        gap first (forward) or the newest first (backward, for an answer about the latest bars).
+
+        Each request is a whole provider page from the gap's edge on, in the direction of the fill, so
+        scattered holes cost one request per provider page, never one per hole (bars already stored are
+        kept by ON CONFLICT; coverage merges), and a caller paging on finds its next page filled. Returns
+        True when [start, end] is covered (or the provider makes no progress), False when stopped by the
+        deadline (a clock() value) or max_pages. While another request fills the same series, this one
+        waits for it as long as it makes progress, up to the request's deadline (SingleFlightTimeout).
+        """
+        lo, hi = start, end
+        while lo <= hi:
             if deadline is not None and self.clock() >= deadline:
                 return False
             if max_pages is not None and counters.pages >= max_pages:
                 return False
             with store.fill_transaction(
-                symbol, interval, wait_seconds=self.settings.single_flight_wait_seconds
+                symbol,
+                interval,
+                wait_seconds=self._lock_wait(counters),
+                stall_seconds=self.settings.single_flight_wait_seconds,
+                watch=(lo, hi),
             ) as tx:
-                page, missing_start = self._fill_one_page(
-                    tx, provider, symbol, interval, cursor, end, counters
-                )
+                page, gap = self._fill_one_page(tx, provider, symbol, interval, lo, hi, counters, forward)
             if page is None:
                 return True
             if on_page is not None:
                 on_page(page)
-            if page.end < missing_start:
-                # The provider answered for nothing we asked (its clock behind ours): stop, do not spin.
-                logger.warning(
-                    "provider page made no progress",
-                    extra={"symbol": symbol, "interval": interval.value, "page_end": page.end},
-                )
-                return True
-            cursor = first_open_at_or_after(interval, page.end + 1)
+            if forward:
+                if page.end < gap[0]:
+                    # The provider answered for nothing we asked (its clock behind ours): stop, do not spin.
+                    logger.warning(
+                        "provider page made no progress",
+                        extra={"symbol": symbol, "interval": interval.value, "page_end": page.end},
+                    )
+                    return True
+                lo = first_open_at_or_after(interval, page.end + 1)
+            else:
+                hi = bar_open(interval, page.start - 1)
         return True
 
     def _fill_one_page(
         self,
         tx: FillTx,
-        provider: MarketDataProvider,
+        provider: _GuardedProvider,
         symbol: str,
         interval: Interval,
-        cursor: int,
-        end: int,
+        lo: int,
+        hi: int,
         counters: _Counters,
-    ) -> tuple[Page | None, int]:
+        forward: bool,
+    ) -> tuple[Page | None, tuple[int, int]]:
         # Under the lock: another Lambda may have stored this while we waited.
-        gaps = _gaps(interval, cursor, end, tx.read_coverage(cursor, end))
+        gaps = _gaps(interval, lo, hi, tx.read_coverage(lo, hi))
         if not gaps:
-            return None, end
-        missing_start, missing_end = gaps[0]
-        page = _first_page(provider, symbol, interval, missing_start, missing_end, counters)
+            return None, (hi, hi)
+        gap = gaps[0] if forward else gaps[-1]
+        if forward:
+            # Up to the present: the provider answers with its first page from gap[0] on, whatever lies
+            # between (Binance skips the time before a listing; Twelve Data serves one window).
+            page = provider.first_page(symbol, interval, gap[0], last_closed_open(interval, self.clock()))
+        else:
+            reach = provider.max_page_bars - 1
+            oldest = max(first_open_at_or_after(interval, 0), add_bars(interval, gap[1], -reach))
+            page = provider.first_page(symbol, interval, oldest, gap[1])
         if page is None:
-            return None, missing_start
+            return None, gap
         counters.pages += 1
         counters.rows += tx.store_page(provider.name, page)
-        return page, missing_start
+        return page, gap
 
     # --- backfill ------------------------------------------------------------------------------------
 
@@ -707,7 +906,8 @@ class MarketDataService:
     ) -> FillReport:
         """Fill the cache for closed bars in [start, min(end, last closed)] where coverage is missing,
         oldest first, one page per transaction. Provider and database errors propagate (typed); pages
-        stored before them stay stored and covered.
+        stored before them stay stored and covered. The backfill's provider requests count against the
+        shared quotas like any request's, minus the share kept for interactive requests.
 
         An interval the provider serves derived is filled as its base (what the cache stores for it;
         `storage_interval`): the report's pages and covered_until are in base bars."""
@@ -722,40 +922,30 @@ class MarketDataService:
             max_pages = _check_int(max_pages, "max_pages", 1, 1_000_000)
         if self.store is None:
             raise DatabaseUnavailable("no cache database configured: nothing to fill")
-        provider = self._provider(detect_asset_class(symbol))
+        asset_class = detect_asset_class(symbol)
+        provider = self._provider(asset_class)
+        self._check_listed(symbol, asset_class)
         interval = source_interval(provider, interval)
         last_closed = last_closed_open(interval, self.clock())
         lo = first_open_at_or_after(interval, start)
         hi = last_closed if end is None else min(last_closed, bar_open(interval, end))
         counters = _Counters()
+        guarded = _GuardedProvider(self, provider, counters, interactive=False)
         if lo > hi:
             return FillReport(pages=0, rows_written=0, complete=True, covered_until=None)
-        stopped_early = False
-        for gap_start, gap_end in _gaps(interval, lo, hi, self.store.read_coverage(symbol, interval, lo, hi)):
-            try:
-                done = self._fill_range(
-                    self.store,
-                    provider,
-                    symbol,
-                    interval,
-                    gap_start,
-                    gap_end,
-                    counters,
-                    deadline=deadline,
-                    max_pages=max_pages,
-                    on_page=on_page,
-                )
-            except SingleFlightTimeout:
-                logger.warning(
-                    "another filler holds this symbol and interval; stopping",
-                    extra={"symbol": symbol, "interval": interval.value},
-                )
-                done = False
-            if not done:
-                stopped_early = True
-                break
+        try:
+            done = self._fill_range(
+                self.store, guarded, symbol, interval, lo, hi, counters,
+                deadline=deadline, max_pages=max_pages, on_page=on_page,
+            )
+        except SingleFlightTimeout:
+            logger.warning(
+                "another filler holds this symbol and interval; stopping",
+                extra={"symbol": symbol, "interval": interval.value},
+            )
+            done = False
         covered = self.store.read_coverage(symbol, interval, lo, hi)
-        complete = not stopped_early and not _gaps(interval, lo, hi, covered)
+        complete = done and not _gaps(interval, lo, hi, covered)
         return FillReport(
             pages=counters.pages,
             rows_written=counters.rows,
@@ -814,6 +1004,11 @@ class MarketDataService:
 # --- the process-wide default ------------------------------------------------------------------------
 
 
+def lazy_providers(settings: Settings) -> Mapping[AssetClass, MarketDataProvider]:
+    """The process-wide provider clients for these settings, each created on first use."""
+    return _LazyProviders(settings)
+
+
 class _LazyProviders(Mapping[AssetClass, MarketDataProvider]):
     """Providers created on first use per asset class (a crypto-only Lambda never needs a Twelve Data key)."""
 
@@ -856,6 +1051,8 @@ def reset_service() -> None:
     from marketdata.providers import reset_providers
     from marketdata.store import reset_default_store
 
+    if get_service.cache_info().currsize:
+        get_service().close()
     get_service.cache_clear()
     reset_default_store()
     reset_providers()

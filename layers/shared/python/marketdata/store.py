@@ -69,6 +69,7 @@ import hashlib
 import ipaddress
 import json
 import logging
+import math
 import struct
 import threading
 import time
@@ -433,6 +434,68 @@ WITH ins AS (
 SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM merged)
 """
 _TRY_LOCK = "SELECT pg_try_advisory_xact_lock(CAST(:key AS bigint))"
+# One request of a provider counted against its shared quota, atomically (the conflicting row is locked
+# and re-checked, so concurrent takers never exceed a cap). Refused when a cap of the current UTC minute
+# or day is reached or a ban runs; `prev` (the state before) says which, for the Retry-After.
+_TAKE_PROVIDER_REQUEST = """
+WITH prev AS (
+    SELECT minute_start, minute_used, day_start, day_used, blocked_until
+    FROM provider_limits WHERE provider = :provider
+), up AS (
+    INSERT INTO provider_limits AS l (provider, minute_start, minute_used, day_start, day_used)
+    VALUES (:provider, :minute, 1, :day, 1)
+    ON CONFLICT (provider) DO UPDATE SET
+        minute_used = CASE WHEN l.minute_start = EXCLUDED.minute_start THEN l.minute_used + 1 ELSE 1 END,
+        minute_start = EXCLUDED.minute_start,
+        day_used = CASE WHEN l.day_start = EXCLUDED.day_start THEN l.day_used + 1 ELSE 1 END,
+        day_start = EXCLUDED.day_start
+    WHERE l.blocked_until <= CAST(:now AS float8)
+      AND (CASE WHEN l.minute_start = EXCLUDED.minute_start THEN l.minute_used ELSE 0 END)
+          < CAST(:minute_cap AS integer)
+      AND (CASE WHEN l.day_start = EXCLUDED.day_start THEN l.day_used ELSE 0 END) < CAST(:day_cap AS integer)
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM up),
+       (SELECT blocked_until FROM prev),
+       (SELECT minute_start = :minute AND minute_used >= CAST(:minute_cap AS integer) FROM prev),
+       (SELECT day_start = :day AND day_used >= CAST(:day_cap AS integer) FROM prev)
+"""
+_BLOCK_PROVIDER = """
+INSERT INTO provider_limits AS l (provider, blocked_until) VALUES (:provider, CAST(:until AS float8))
+ON CONFLICT (provider) DO UPDATE SET blocked_until = GREATEST(l.blocked_until, EXCLUDED.blocked_until)
+"""
+# The shared open bar: claim the right to fetch it when what is stored is stale or of another bar and
+# nobody else holds the claim; answer with what was stored before (a fresh bar needs no fetch at all).
+_CLAIM_OPEN_BAR = """
+WITH prev AS (
+    SELECT fetched_at, open_time, open, high, low, close, volume
+    FROM open_bars WHERE symbol = :symbol AND interval = :interval
+), claim AS (
+    INSERT INTO open_bars AS b (symbol, interval, claimed_until)
+    VALUES (:symbol, :interval, CAST(:hold_until AS float8))
+    ON CONFLICT (symbol, interval) DO UPDATE SET claimed_until = EXCLUDED.claimed_until
+    WHERE (b.fetched_at < CAST(:fresh_after AS float8) OR b.open_time IS DISTINCT FROM :open_time)
+      AND b.claimed_until < CAST(:now AS float8)
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM claim), p.fetched_at, p.open_time, p.open, p.high, p.low, p.close, p.volume
+FROM (SELECT 1) AS one LEFT JOIN prev AS p ON true
+"""
+_PUT_OPEN_BAR = """
+UPDATE open_bars SET fetched_at = CAST(:now AS float8), claimed_until = 0, open_time = :open_time,
+       open = :open, high = :high, low = :low, close = :close, volume = :volume
+WHERE symbol = :symbol AND interval = :interval
+"""
+_RELEASE_OPEN_BAR = "UPDATE open_bars SET claimed_until = 0 WHERE symbol = :symbol AND interval = :interval"
+_GET_REJECTED = "SELECT reason FROM rejected_symbols WHERE symbol = :symbol AND until > CAST(:now AS float8)"
+_PUT_REJECTED = """
+INSERT INTO rejected_symbols (symbol, reason, until) VALUES (:symbol, :reason, CAST(:until AS float8))
+ON CONFLICT (symbol) DO UPDATE SET reason = EXCLUDED.reason, until = EXCLUDED.until
+"""
+# How often a waiter on the fill lock looks whether the holder stored anything.
+_PROGRESS_POLL_SECONDS = 0.5
+# Counts can never reach this: a cap of "none".
+_NO_CAP = 2**31 - 1
 _GET_SYMBOLS = (
     "SELECT array_to_json(symbols)::text, extract(epoch FROM fetched_at)::float8"
     " FROM symbol_lists WHERE asset_class = :asset_class"
@@ -519,15 +582,43 @@ class CandleStore:
         self._in_transaction = False
         self._tx_conn: Connection | None = None  # the connection the open fill transaction lives on
         self.round_trips = 0
+        # After the database could not be reached or hung: no new attempt before this monotonic instant,
+        # so requests answer from the providers at once instead of each waiting out a timeout.
+        self._down_until = 0.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CandleStore | None:
         """A store for these settings, or None when no database is configured (nothing is opened yet)."""
         return cls(settings) if is_configured(settings) else None
 
+    def sibling(self) -> CandleStore:
+        """Another store on the same database with its own connection (opened lazily).
+
+        For the limits every Lambda shares (marketdata.limits): their statements must commit at once,
+        never inside a fill transaction, where a quota row's lock would be held for a whole provider
+        request and serialize every Lambda's requests behind it.
+        """
+        return CandleStore(self._settings, connect=self._connect_override)
+
     # --- connection handling ---
 
+    def _mark_down(self) -> None:
+        self._down_until = time.monotonic() + self._settings.db_retry_after_seconds
+
     def _open(self) -> Connection:
+        wait = self._down_until - time.monotonic()
+        if wait > 0:
+            raise DatabaseUnavailable(
+                f"the database failed moments ago; not tried again for {math.ceil(wait)} s"
+                " (DB_RETRY_AFTER_SECONDS)"
+            )
+        try:
+            return self._connect()
+        except DatabaseUnavailable:
+            self._mark_down()
+            raise
+
+    def _connect(self) -> Connection:
         if self._connect_override is not None:
             try:
                 return self._connect_override()
@@ -602,6 +693,7 @@ class CandleStore:
                             self._drop()
                         raise DatabaseUnavailable(f"database error: {_describe(exc2)}") from None
                 if _timed_out(exc):
+                    self._mark_down()
                     limit = self._settings.db_statement_timeout_ms / 1000 + _SOCKET_MARGIN_SECONDS
                     raise DatabaseUnavailable(f"the database did not answer within {limit:g} s") from None
                 raise DatabaseUnavailable(f"database error: {_describe(exc)}") from None
@@ -697,35 +789,106 @@ class CandleStore:
         self._run(_PUT_SYMBOLS, {"asset_class": _asset_class_value(asset_class),
                                  "symbols": json.dumps(list(symbols)), "fetched_at": float(fetched_at)})
 
+    # --- limits shared by every Lambda (marketdata.limits) ---
+
+    def take_provider_request(
+        self, provider: str, now: float, *, per_minute: int | None, per_day: int | None
+    ) -> float | None:
+        """Count one request of `provider` against the shared quota: None when granted, else the seconds
+        until it may be asked again (the ban's end, the next minute or the next UTC day)."""
+        minute, day = int(now // 60), int(now // 86400)
+        params = {
+            "provider": provider, "now": float(now), "minute": minute, "day": day,
+            "minute_cap": _NO_CAP if per_minute is None else per_minute,
+            "day_cap": _NO_CAP if per_day is None else per_day,
+        }
+        rows, _ = self._run(_TAKE_PROVIDER_REQUEST, params)
+        granted, blocked_until, minute_full, day_full = rows[0]
+        if granted:
+            return None
+        waits = []
+        if blocked_until is not None and blocked_until > now:
+            waits.append(blocked_until - now)
+        if day_full:
+            waits.append((day + 1) * 86400 - now)
+        if minute_full or not waits:
+            waits.append((minute + 1) * 60 - now)
+        return max(1.0, max(waits))
+
+    def block_provider(self, provider: str, until: float) -> None:
+        """Nobody calls `provider` before `until` (a ban's end, a 429's Retry-After)."""
+        self._run(_BLOCK_PROVIDER, {"provider": provider, "until": float(until)})
+
+    def claim_open_bar(
+        self, symbol: str, interval: Interval | str, open_time: int, now: float, *, ttl: float, hold: float
+    ) -> tuple[bool, Candle | None]:
+        """(claimed, stored): whether this caller should fetch the open bar (and then put_open_bar), and
+        the stored bar when it is of `open_time` (fresh when not claimed and stored within ttl)."""
+        params = {
+            "symbol": symbol, "interval": _interval_value(interval), "open_time": int(open_time),
+            "now": float(now), "fresh_after": float(now - ttl), "hold_until": float(now + hold),
+        }
+        rows, _ = self._run(_CLAIM_OPEN_BAR, params)
+        claimed, _fetched_at, stored_time, *ohlcv = rows[0]
+        stored = None
+        if stored_time == open_time and ohlcv[0] is not None:
+            stored = Candle(int(stored_time), *ohlcv)
+        return bool(claimed), stored
+
+    def put_open_bar(self, symbol: str, interval: Interval | str, bar: Candle | None, now: float) -> None:
+        """Store the open bar just fetched for every caller (None: nothing to share; the claim ends)."""
+        key = {"symbol": symbol, "interval": _interval_value(interval)}
+        if bar is None:
+            self._run(_RELEASE_OPEN_BAR, key)
+            return
+        self._run(_PUT_OPEN_BAR, {
+            **key, "now": float(now), "open_time": bar.time, "open": bar.open, "high": bar.high,
+            "low": bar.low, "close": bar.close, "volume": bar.volume,
+        })
+
+    def rejected_symbol(self, symbol: str, now: float) -> str | None:
+        """Why the provider refused `symbol` ("unknown" or "plan") while that is remembered, else None."""
+        rows, _ = self._run(_GET_REJECTED, {"symbol": symbol, "now": float(now)})
+        return str(rows[0][0]) if rows else None
+
+    def remember_rejected_symbol(self, symbol: str, reason: str, until: float) -> None:
+        self._run(_PUT_REJECTED, {"symbol": symbol, "reason": reason, "until": float(until)})
+
     # --- single-flight fills ---
 
     @contextmanager
     def fill_transaction(
-        self, symbol: str, interval: Interval | str, *, wait_seconds: float
+        self,
+        symbol: str,
+        interval: Interval | str,
+        *,
+        wait_seconds: float,
+        stall_seconds: float | None = None,
+        watch: tuple[int, int] | None = None,
     ) -> Iterator[FillTx]:
         """A transaction holding the fill lock of (symbol, interval); see the module docstring.
 
-        The lock is pg_try_advisory_xact_lock polled until wait_seconds pass, rather than a blocking
+        The lock is pg_try_advisory_xact_lock tried until wait_seconds pass, rather than a blocking
         pg_advisory_xact_lock under `SET LOCAL lock_timeout`: transaction-level advisory locks are the
-        ones RDS Proxy documents as not pinning, and the poll needs no SET of any kind.
+        ones RDS Proxy documents as not pinning, and the tries need no SET of any kind. Each try that
+        fails ends its transaction, so a waiter holds no server connection between tries: behind a
+        transaction pooler with few server connections, waiters never crowd out the holder.
+
+        stall_seconds, watch: give up earlier when the holder makes no progress: when the coverage of
+        `watch` (an open-time range of this series) has not changed for stall_seconds. A holder that
+        keeps storing pages is waited for up to wait_seconds.
         """
         iv = parse_interval(interval)
         with self._lock:
             if self._in_transaction:
                 raise RuntimeError("fill_transaction is not reentrant on one store")
-            self._run("BEGIN")  # may reconnect once: nothing of this transaction exists yet
-            self._tx_conn = self._conn
-            self._in_transaction = True
+            self._begin_locked(symbol, iv, wait_seconds, stall_seconds, watch)
             tx = FillTx(self, symbol, iv)
             try:
-                self._acquire(lock_key(symbol, iv), wait_seconds)
                 yield tx
             except BaseException:
                 tx._open = False
-                self._in_transaction = False
-                if self._conn is self._tx_conn:
-                    self._rollback()
-                self._tx_conn = None
+                self._end_failed_transaction()
                 raise
             else:
                 tx._open = False
@@ -735,19 +898,55 @@ class CandleStore:
                     self._in_transaction = False
                     self._tx_conn = None
 
-    def _acquire(self, key: int, wait_seconds: float) -> None:
-        deadline = time.monotonic() + max(0.0, wait_seconds)
+    def _end_failed_transaction(self) -> None:
+        self._in_transaction = False
+        if self._conn is self._tx_conn:
+            self._rollback()
+        self._tx_conn = None
+
+    def _begin_locked(
+        self,
+        symbol: str,
+        interval: Interval,
+        wait_seconds: float,
+        stall_seconds: float | None,
+        watch: tuple[int, int] | None,
+    ) -> None:
+        """BEGIN with the fill lock held, or SingleFlightTimeout (no transaction left open)."""
+        key = lock_key(symbol, interval)
+        started = time.monotonic()
+        deadline = started + max(0.0, wait_seconds)
+        stall = wait_seconds if stall_seconds is None or watch is None else stall_seconds
+        stalled_at = started + max(0.0, stall)
+        seen: object = None
+        next_look = started + _PROGRESS_POLL_SECONDS
         pause = 0.02
         while True:
-            rows, _ = self._run(_TRY_LOCK, {"key": key}, retry=False)
+            self._run("BEGIN")  # may reconnect once: nothing of this transaction exists yet
+            self._tx_conn = self._conn
+            self._in_transaction = True
+            try:
+                rows, _ = self._run(_TRY_LOCK, {"key": key}, retry=False)
+            except BaseException:
+                self._end_failed_transaction()
+                raise
             if rows and rows[0][0]:
                 return
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise SingleFlightTimeout(
-                    f"another fill of this series held the lock for more than {wait_seconds:g} s"
+            self._end_failed_transaction()  # not ours yet: wait outside any transaction
+            now = time.monotonic()
+            if watch is not None and now >= next_look:
+                coverage = self.read_coverage(symbol, interval, *watch)
+                if coverage != seen:
+                    seen, stalled_at = coverage, now + max(0.0, stall)
+                next_look = now + _PROGRESS_POLL_SECONDS
+            give_up = min(deadline, stalled_at)
+            if now >= give_up:
+                why = (
+                    f"made no progress for {stall:g} s" if stalled_at < deadline
+                    else f"held the lock for more than {wait_seconds:g} s"
                 )
-            time.sleep(min(pause, remaining))
+                raise SingleFlightTimeout(f"another fill of this series {why}")
+            time.sleep(min(pause, give_up - now))
             pause = min(pause * 2, 0.1)
 
     def _rollback(self) -> None:

@@ -86,7 +86,8 @@ class MarketDataProvider(Protocol):
     #: "binance" or "twelve_data": stored in the cache rows and returned to API users.
     name: str
     asset_class: AssetClass
-    #: Most bars one upstream request returns (Binance 1000, Twelve Data 5000).
+    #: Most bars one upstream request answers for (Binance 1000, Twelve Data 4999: its windows ask for
+    #: one bar more, which is dropped).
     max_page_bars: int
     #: The capability table: app intervals this provider's own bars do not serve on the service's grid,
     #: each with the finer base interval they are built from (marketdata.resample). Every other app

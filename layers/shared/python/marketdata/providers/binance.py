@@ -1,6 +1,6 @@
 """Binance spot market data: klines (candles) and the list of tradable symbols.
 
-No API key is needed. Facts this module relies on (see PROVIDERS.md):
+No API key is needed. Facts this module relies on (see docs/providers.md):
 - `GET /api/v3/klines` takes startTime/endTime in milliseconds and returns at most `limit` (<= 1000)
   rows, oldest first, with openTime in [startTime, endTime]. A startTime inside a bar skips that bar.
   Paging therefore advances by the last returned open time (+1 ms), never by fixed widths (months).

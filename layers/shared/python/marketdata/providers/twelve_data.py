@@ -1,14 +1,21 @@
 """Twelve Data forex time series and the fixed list of supported pairs.
 
-Facts this module relies on (see PROVIDERS.md):
+Facts this module relies on (see docs/providers.md):
 - `GET /time_series` with start_date/end_date returns at most `outputsize` (<= 5000) rows; without an
   end_date it returns the NEWEST rows, so every request names an explicit window. Whether end_date is
   inclusive is unverified (a date-only end_date was exclusive for 1day), so each window asks for one
   bar past its last wanted bar and the rows are filtered here: 4999 wanted bars + 1 = 5000 at most.
 - Datetimes come back without an offset in the requested timezone (timezone=UTC); daily and longer
   intervals are date-only and read as 00:00 UTC. Forex rows carry no volume (stored as 0).
-- Errors come as a body {"code", "message", "status": "error"}, often with HTTP 200. A window without
-  bars (a weekend, before the history starts) is a 404 "Data not found": an empty, covered page.
+- Errors come as a body {"code", "message", "status": "error"}, with HTTP 200 or with the matching
+  HTTP status; `code` may be a number or a numeric string. They are told apart by code AND message:
+  only the "no bars here" messages are an empty, covered page (code 400 "No data is available on the
+  specified dates" since 2026; code 404 "Data not found" and "nothing found ..." before). Code 404
+  "**symbol** or **figi** parameter is missing or invalid" (formerly 400 "**symbol** not found") is
+  SymbolNotFound; "... is available starting with the <X> plan" (code 404) is SymbolNotInPlan. Any
+  other error is an error (an unrecognised 404 is UpstreamBadResponse), never an empty range, and the
+  client raises before yielding the page, so nothing is stored or covered for it. Out of per-minute
+  credits (429, either wording) waits for the next minute, out of daily credits for 00:00 UTC.
 
 The API key goes in the `Authorization: apikey KEY` header, never in the URL: httpx logs request URLs
 at INFO, and errors name only the path. Upstream messages are scrubbed of the key before they are
@@ -32,6 +39,7 @@ from marketdata.config import Settings
 from marketdata.errors import (
     InvalidRequest,
     SymbolNotFound,
+    SymbolNotInPlan,
     UpstreamAuthError,
     UpstreamBadResponse,
     UpstreamRateLimited,
@@ -66,36 +74,28 @@ MAX_OUTPUTSIZE = 5000
 # there", not "does not exist", and is left out of the page's coverage (see assemble_page).
 SETTLE_SECONDS = 120.0
 
-FOREX_PAIRS: tuple[str, ...] = (
-    "EUR/USD",
-    "GBP/USD",
-    "USD/JPY",
-    "USD/CHF",
-    "AUD/USD",
-    "NZD/USD",
-    "USD/CAD",
-    "EUR/GBP",
-    "EUR/JPY",
-    "GBP/JPY",
-    "AUD/JPY",
-    "EUR/AUD",
-    "GBP/AUD",
-    "EUR/CAD",
-    "GBP/CAD",
-    "AUD/NZD",
-    "EUR/NZD",
-    "CHF/JPY",
-    "CAD/JPY",
-    "NZD/JPY",
-    "EUR/CHF",
-    "GBP/CHF",
-    "AUD/CAD",
-    "NZD/CAD",
-    "GBP/NZD",
-)
 
-_SYMBOL_NOT_FOUND = re.compile(r"\*\*symbol\*\*\s+not found", re.IGNORECASE)
+# Error bodies are told apart by code AND message together (the same code means different things):
+# (code, message prefix), case-insensitive, anything may follow the prefix. See docs/providers.md.
+_NO_DATA_MESSAGES: tuple[tuple[int, re.Pattern[str]], ...] = (
+    # A window without bars (a weekend, before the history starts): the 2026 wording.
+    (400, re.compile(r"no data is available on the specified dates", re.IGNORECASE)),
+    # Older wordings of the same (twelvedata-python issue 58; a client library's fixture).
+    (404, re.compile(r"data not found", re.IGNORECASE)),
+    (404, re.compile(r"nothing found", re.IGNORECASE)),
+)
+_UNKNOWN_SYMBOL_MESSAGES: tuple[tuple[int, re.Pattern[str]], ...] = (
+    (404, re.compile(r"\*\*symbol\*\* or \*\*figi\*\* parameter is missing or invalid", re.IGNORECASE)),
+    (400, re.compile(r"\*\*symbol\*\*\s+not found", re.IGNORECASE)),  # the older wording
+)
+# "This symbol is available starting with the Grow or Venture plan. Consider upgrading ..." (code 404;
+# a 403 with the same words means the same).
+_PLAN_GATED = re.compile(r"available starting with the\s+(.+?)\s+plan", re.IGNORECASE)
+_PLAN_GATED_CODES = frozenset({403, 404})
 _DAILY_QUOTA = re.compile(r"for the day|daily", re.IGNORECASE)
+# "... for the current minute. 10 API credits were used, with the current limit of 8." (2026) and
+# "... with the current limit being 8. Wait for the next minute ..." (older).
+_MINUTE_QUOTA = re.compile(r"current minute|next minute|per minute", re.IGNORECASE)
 # "**interval**", "**start_date**" ... in a 400 message name the offending parameter.
 _PARAM_IN_MESSAGE = re.compile(r"\*\*(\w+)\*\*")
 _PARAM_NAMES = {
@@ -115,7 +115,8 @@ class TwelveDataClient:
     name = "twelve_data"
     display_name = "Twelve Data"
     asset_class = AssetClass.FOREX
-    max_page_bars = MAX_OUTPUTSIZE
+    # Bars one request answers for: each window asks for one bar past its last wanted bar (see above).
+    max_page_bars = MAX_OUTPUTSIZE - 1
     settle_seconds = SETTLE_SECONDS
     # Twelve Data anchors bars of 2h and longer at 17:00 New York, so its 4h bars lie off the UTC 4H
     # grid: 4H is built from 1h bars (on the UTC clock). 1D is Twelve Data's own trading-day bar, dated
@@ -165,7 +166,7 @@ class TwelveDataClient:
         window_start = plan.first
         while window_start <= plan.last:
             # 4999 wanted bars plus the one past them that we ask for and drop: 5000 rows at most.
-            window_last = min(add_bars(interval, window_start, self.max_page_bars - 2), plan.last)
+            window_last = min(add_bars(interval, window_start, self.max_page_bars - 1), plan.last)
             request_end = next_open(interval, window_last)
             body = self._get(symbol, interval, window_start, request_end, api_key)
             if body is _NO_DATA:
@@ -186,8 +187,9 @@ class TwelveDataClient:
     fetch_timeseries = fetch_candles
 
     def get_available_symbols(self) -> list[str]:
-        """The 25 supported pairs, sorted. No request: the service's forex scope is this fixed list."""
-        return sorted(FOREX_PAIRS)
+        """The configured pairs (FOREX_PAIRS, default 25 majors and crosses), sorted. No request: the
+        service's forex scope is this list."""
+        return sorted(self._settings.forex_pairs)
 
     def close(self) -> None:
         if self._owns_http:
@@ -265,18 +267,18 @@ class TwelveDataClient:
     def _error_outcome(
         self, body: dict[str, object], response: httpx.Response, symbol: str, api_key: str
     ) -> object:
-        raw_code = body.get("code")
-        code = (
-            raw_code if isinstance(raw_code, int) and not isinstance(raw_code, bool) else response.status_code
-        )
+        code = _error_code(body.get("code"), response.status_code)
         raw_message = body.get("message")
         message = _scrub(raw_message if isinstance(raw_message, str) else "", api_key)
-        if code == 404:
+        if _known(_NO_DATA_MESSAGES, code, message):
             logger.info("Twelve Data has no bars for %s in this window: %s", symbol, message)
             return _NO_DATA
+        if _known(_UNKNOWN_SYMBOL_MESSAGES, code, message):
+            raise SymbolNotFound(symbol, self.name)
+        gated = _PLAN_GATED.search(message) if code in _PLAN_GATED_CODES else None
+        if gated is not None:
+            raise SymbolNotInPlan(symbol, self.name, display_name=self.display_name, plan=gated.group(1)[:60])
         if code == 400:
-            if _SYMBOL_NOT_FOUND.search(message):
-                raise SymbolNotFound(symbol, self.name)
             raise InvalidRequest(
                 f"Twelve Data rejected the request: {message}", param=_param_from_message(message)
             )
@@ -286,6 +288,9 @@ class TwelveDataClient:
             raise UpstreamAuthError(
                 f"Twelve Data refused the request (code {code}): {message}", provider=self.name
             )
+        if code == 404:
+            # Not one of the "no bars" messages: never read an unknown 404 as an empty range.
+            raise UpstreamBadResponse(f"Twelve Data error 404: {message}", provider=self.name)
         if code == 429:
             return self._rate_limited(response, message)
         if code >= 500:
@@ -297,9 +302,10 @@ class TwelveDataClient:
         now = self._clock()
         if header is not None:
             wait = header
-        elif _DAILY_QUOTA.search(message):
+        elif _DAILY_QUOTA.search(message) and not _MINUTE_QUOTA.search(message):
             wait = 86400 - now % 86400  # daily credits reset at 00:00 UTC
         else:
+            # The per-minute credits (either wording), or a 429 that does not say: the next minute.
             wait = seconds_to_next_minute(now)
         detail = f": {message}" if message else ""
         return Retry(
@@ -376,6 +382,23 @@ def _scrub(message: str, api_key: str) -> str:
     if api_key:
         message = message.replace(api_key, "***")
     return message[:300]
+
+
+def _error_code(raw: object, http_status: int) -> int:
+    """The body's `code` (a JSON number or a numeric string), else the HTTP status."""
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return raw
+    if isinstance(raw, float) and raw.is_integer():
+        return int(raw)
+    if isinstance(raw, str) and raw.strip().isdigit():
+        return int(raw.strip())
+    return http_status
+
+
+def _known(messages: tuple[tuple[int, re.Pattern[str]], ...], code: int, message: str) -> bool:
+    """Whether (code, message) is one of `messages`: same code, message starting with the pattern."""
+    text = message.strip()
+    return any(code == known and pattern.match(text) for known, pattern in messages)
 
 
 def _param_from_message(message: str) -> str | None:
