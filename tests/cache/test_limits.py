@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from marketdata.errors import SymbolNotFound, UpstreamRateLimited
+from marketdata.errors import SymbolNotFound, UpstreamRateLimited, UpstreamUnavailable
 from marketdata.intervals import Interval, add_bars, last_closed_open
 from marketdata.schemas import CacheStatus
 from marketdata.service import MarketDataService
@@ -232,9 +232,10 @@ def test_a_request_answers_partial_before_its_deadline(make, fake) -> None:
     t0 = time.monotonic()
     result = service.get_historical_candles("BTCUSDT", "1m", start=start, limit=5000, timeout=3.5)
     elapsed = time.monotonic() - t0
-    assert result.cache is CacheStatus.PARTIAL and fake.count(KLINES) == 2  # the third would not fit
-    truth = fake.expected_candles("BTCUSDT", "1m", start, add_bars(M1, start, 1999))
-    assert result.candles == truth and result.next_start == add_bars(M1, start, 2000)
+    # The first page took 2 s; the second was cut to the 1.5 s left and timed out; none was started after.
+    assert result.cache is CacheStatus.PARTIAL and fake.count(KLINES) == 2
+    truth = fake.expected_candles("BTCUSDT", "1m", start, add_bars(M1, start, 999))
+    assert result.candles == truth and result.next_start == add_bars(M1, start, 1000)
     assert elapsed < 3.5 + 2.0  # generous: the point is that no request was started past the deadline
 
 
@@ -260,3 +261,14 @@ def test_without_a_database_answers_bypass_at_once_after_the_first_failure(fake,
         service.close()
     # One attempt per store (the cache's and the shared limits'), not one per request.
     assert len(attempts) <= 2
+
+
+def test_provider_waits_are_cut_to_the_request_deadline(make, fake) -> None:
+    # The provider hangs: with a 10 s read timeout and retries, one page would take far longer than the
+    # request may. The deadline (3 s) cuts the attempt's timeout and the retry budget.
+    service = make(HTTP_READ_TIMEOUT="10", UPSTREAM_RETRY_BUDGET_SECONDS="20")
+    fake.fail_next(5, "timeout", KLINES, delay=8)
+    t0 = time.monotonic()
+    with pytest.raises(UpstreamUnavailable):  # nothing cached to answer with
+        service.get_historical_candles("BTCUSDT", "1H", limit=10, timeout=3)
+    assert time.monotonic() - t0 < 3 + 2.0  # generous; without the cut this takes 8 s or more

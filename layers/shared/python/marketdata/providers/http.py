@@ -28,6 +28,7 @@ import httpx
 
 from marketdata.config import Settings
 from marketdata.errors import ConfigurationError, UpstreamBadResponse, UpstreamError, UpstreamUnavailable
+from marketdata.limits import seconds_left
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ BACKOFF_CAP_SECONDS = 4.0
 # A retry attempt's timeouts shrink to the budget left, but never below this (a 0.01 s read timeout
 # would only turn a slow success into a failure).
 MIN_ATTEMPT_TIMEOUT_SECONDS = 1.0
+# Kept free before the request's deadline for storing a page and sending the answer.
+_ANSWER_MARGIN_SECONDS = 0.5
 
 T = TypeVar("T")
 Sleep = Callable[[float], None]
@@ -158,7 +161,13 @@ class RetryingHttp:
         self._rng = rng
 
     def new_budget(self) -> Budget:
-        return Budget(self._budget_seconds, monotonic=self._monotonic, sleep=self._sleep)
+        """The retry budget of one logical request: UPSTREAM_RETRY_BUDGET_SECONDS, cut to what is left of
+        the API request's deadline (marketdata.limits) so no wait outlives the answer."""
+        seconds = self._budget_seconds
+        left = seconds_left()
+        if left is not None:
+            seconds = max(0.0, min(seconds, left - _ANSWER_MARGIN_SECONDS))
+        return Budget(seconds, monotonic=self._monotonic, sleep=self._sleep)
 
     def get(
         self,
@@ -240,11 +249,13 @@ class RetryingHttp:
             budget.sleep(delay)
 
     def _attempt_timeout(self, attempt: int, budget: Budget) -> httpx.Timeout:
-        # The first attempt gets the configured timeouts; retries get what is left of the budget,
-        # so the total stays near one timeout plus the budget.
-        if attempt == 1:
+        # The first attempt gets the configured timeouts, cut to the request's deadline; retries get what
+        # is left of the budget, so the total stays near one timeout plus the budget.
+        left = seconds_left()
+        if attempt == 1 and left is None:
             return self._timeout
-        cap = max(MIN_ATTEMPT_TIMEOUT_SECONDS, budget.remaining())
+        cap = budget.remaining() if attempt > 1 else (left or 0.0) - _ANSWER_MARGIN_SECONDS
+        cap = max(MIN_ATTEMPT_TIMEOUT_SECONDS, cap)
         t = self._timeout
         return httpx.Timeout(
             connect=min(t.connect or cap, cap),
