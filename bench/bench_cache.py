@@ -216,7 +216,10 @@ def bench_derived_reads(service: MarketDataService, runs: int) -> None:
     n = 5000
     derived_end, native_end = last_closed_open(H4, NOW), last_closed_open(H1, NOW)
     for interval, end in (("4H", derived_end), ("1H", native_end)):
-        warm = service.get_historical_candles("USD/JPY", interval, end=end, limit=n)  # fills the cache
+        for _ in range(5):  # fills the cache: each request within its ceiling of provider requests
+            warm = service.get_historical_candles("USD/JPY", interval, end=end, limit=n)
+            if warm.cache.value == "hit":
+                break
         assert len(warm.candles) == n, (interval, len(warm.candles))
 
     def read(interval: str, end: int) -> Callable[[], None]:

@@ -71,6 +71,7 @@ from marketdata.schemas import (
     AssetClass,
     CacheStatus,
     Candle,
+    candle_json,
     detect_asset_class,
     normalize_symbol,
 )
@@ -114,6 +115,18 @@ class HistoryResult:
     )
     provider_calls: int = 0  # upstream requests made for this answer (for metrics)
     rows_written: int = 0  # candles stored for this answer (for metrics)
+    # Asked for with candles_json=True (the /v1/candles handler): the candles array of the body as JSON
+    # text, built by Postgres from the cached rows (open bar appended), and `candles` is then empty.
+    # None otherwise, and whenever the answer did not come from the cache (bypass): use `candles`.
+    candles_json: str | None = None
+    json_last_time: int | None = None  # with candles_json: the open time of its newest bar
+
+    @property
+    def last_time(self) -> int | None:
+        """Open time of the newest bar of the answer, in whichever form it has (None: no bars)."""
+        if self.candles_json is not None:
+            return self.json_last_time
+        return self.candles[-1].time if self.candles else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +188,25 @@ def _covered_run_end(covered: list[tuple[int, int]], start: int) -> int | None:
         if cov_start <= start <= cov_end:
             return cov_end
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Bars:
+    """What one read of a source found: at most `limit` bars, as Candle objects or as the JSON array of
+    the body built by Postgres (`json`, then `candles` is empty), plus a forward read's peek."""
+
+    count: int
+    last_time: int | None  # the newest bar read
+    next_time: int | None  # forward reads: the bar after them in the range (exactly next_start)
+    candles: list[Candle]
+    json: str | None = None
+
+    @classmethod
+    def of(cls, bars: list[Candle], limit: int) -> _Bars:
+        """From Candle objects read with one bar more than `limit` for a forward read."""
+        if len(bars) > limit:
+            return cls(limit, bars[limit - 1].time, bars[limit].time, bars[:limit])
+        return cls(len(bars), bars[-1].time if bars else None, None, bars)
 
 
 def _select(bars: Mapping[int, Candle], lo: int, hi: int, limit: int, newest: bool) -> list[Candle]:
@@ -354,7 +386,10 @@ class _Source(Protocol):
 
     def probe(self, lo: int, hi: int) -> int | None: ...
 
-    def read(self, lo: int, hi: int, limit: int, newest: bool) -> list[Candle]: ...
+    def read(self, lo: int, hi: int, limit: int, newest: bool) -> _Bars:
+        """At most `limit` bars of [lo, hi] (the last ones when newest), ascending; a forward read
+        (not newest) also peeks at the bar after them."""
+        ...
 
 
 class _LiveSource:
@@ -388,8 +423,8 @@ class _LiveSource:
     def ensure(self, lo: int, hi: int) -> None:
         self._pages(*self.series.base_span(lo, hi))
 
-    def read(self, lo: int, hi: int, limit: int, newest: bool) -> list[Candle]:
-        return self.series.built(self.bars, lo, hi, limit, newest)
+    def read(self, lo: int, hi: int, limit: int, newest: bool) -> _Bars:
+        return _Bars.of(self.series.built(self.bars, lo, hi, limit + (0 if newest else 1), newest), limit)
 
     def probe(self, lo: int, hi: int) -> int | None:
         """One provider page from lo; the open time up to which [lo, ...] is now known, else None."""
@@ -408,12 +443,14 @@ class _CacheSource:
         counters: _Counters,
         *,
         forward: bool,
+        as_json: bool = False,
     ) -> None:
         self.service = service
         self.store = store
         self.series = series
         self.counters = counters
         self.forward = forward
+        self.as_json = as_json  # read the bars as the body's JSON array, built by Postgres
         self.failure: MarketDataError | None = None
         self.stopped: str | None = None
 
@@ -424,6 +461,8 @@ class _CacheSource:
         if self.failure is not None or self.stopped is not None:
             return  # the provider is failing or the budget is spent: serve what the cache has
         series = self.series
+        if not _gaps(series.base, lo, hi, self._coverage(lo, hi)):
+            return  # a cache hit: one coverage read, no transaction, no lock
         try:
             self.service._fill_range(
                 self.store, series.provider, series.symbol, series.base, lo, hi, self.counters,
@@ -461,12 +500,22 @@ class _CacheSource:
             known = _covered_run_end(self._coverage(base_lo, base_hi), base_lo)
         return None if known is None else self.series.known_through(known)
 
-    def read(self, lo: int, hi: int, limit: int, newest: bool) -> list[Candle]:
+    def read(self, lo: int, hi: int, limit: int, newest: bool) -> _Bars:
         series = self.series
-        return self.store.read_candles(
-            series.symbol, series.interval, lo, hi, limit=limit, newest=newest,
-            base=series.base if series.derived else None,
+        base = series.base if series.derived else None
+        if self.as_json:
+            found = self.store.read_candles_json(
+                series.symbol, series.interval, lo, hi, limit=limit, newest=newest, peek=not newest,
+                base=base,
+            )
+            if found is not None:
+                return _Bars(found.count, found.last_time, found.next_time, [], found.text)
+            self.as_json = False  # the server's float text would not round-trip: objects from now on
+        bars = self.store.read_candles(
+            series.symbol, series.interval, lo, hi, limit=limit + (0 if newest else 1), newest=newest,
+            base=base,
         )
+        return _Bars.of(bars, limit)
 
 
 # --- the service -------------------------------------------------------------------------------------
@@ -528,12 +577,16 @@ class MarketDataService:
         include_open: bool = False,
         *,
         timeout: float | None = None,
+        candles_json: bool = False,
     ) -> HistoryResult:
         """The answer to one /v1/candles request (see the module docstring).
 
         timeout: seconds this request may take (a Lambda's remaining time less a margin); default
         REQUEST_TIMEOUT_SECONDS. Past it, or past the provider-request ceiling, the answer is what was
         filled, marked partial.
+        candles_json: answer from the cache with the candles array already serialized by Postgres
+        (HistoryResult.candles_json; its `candles` then empty), for a caller that only sends the body on.
+        Answers that do not come from the cache (bypass) carry `candles` as always.
         """
         # Validate everything before any I/O: bad input never reaches the database or a provider.
         symbol = normalize_symbol(symbol)
@@ -558,7 +611,7 @@ class MarketDataService:
         guarded = _GuardedProvider(self, provider, counters, interactive=True)
         series = _Series(guarded, symbol, interval, source_interval(provider, interval))
         with limits.active():
-            return self._answer(series, asset_class, start, end, limit, include_open, counters)
+            return self._answer(series, asset_class, start, end, limit, include_open, counters, candles_json)
 
     def _answer(
         self,
@@ -569,6 +622,7 @@ class MarketDataService:
         limit: int,
         include_open: bool,
         counters: _Counters,
+        as_json: bool = False,
     ) -> HistoryResult:
         symbol, interval = series.symbol, series.interval
         # The closed bars the request may draw from (never past the newest closed bar).
@@ -580,7 +634,7 @@ class MarketDataService:
         hi_bound = min(last_closed, bar_open(interval, end)) if end is not None else last_closed
         forward = start is not None  # first `limit` bars from start; otherwise the last `limit` bars
 
-        candles: list[Candle] = []
+        got = _Bars(0, None, None, [])
         next_start: int | None = None
         status = CacheStatus.HIT
 
@@ -589,9 +643,9 @@ class MarketDataService:
             bypass = self.store is None
             if not bypass:
                 assert self.store is not None
-                source = _CacheSource(self, self.store, series, counters, forward=forward)
+                source = _CacheSource(self, self.store, series, counters, forward=forward, as_json=as_json)
                 try:
-                    candles, next_start = self._collect(
+                    got, next_start = self._collect(
                         source, interval, asset_class, lo_bound, hi_bound, limit, forward
                     )
                 except DatabaseUnavailable as exc:
@@ -607,11 +661,11 @@ class MarketDataService:
                 )
             if bypass:
                 source = _LiveSource(series, counters)
-                candles, next_start = self._collect(
+                got, next_start = self._collect(
                     source, interval, asset_class, lo_bound, hi_bound, limit, forward
                 )
                 status = CacheStatus.BYPASS
-            if source.failure is not None and not candles:
+            if source.failure is not None and not got.count:
                 raise source.failure
             if source.failure is not None or source.stopped is not None or counters.dropped:
                 # The answer may lack bars (a failed page, a spent budget, a bar the provider sent
@@ -629,12 +683,17 @@ class MarketDataService:
             and (start is None or start <= open_time)
             and (end is None or end >= open_time)
         )
+        candles, text, last_time = got.candles, got.json, got.last_time
         if wants_open:
             open_bar, complete = self._open_bar(series, open_time, counters)
             if not complete and status is not CacheStatus.BYPASS:
                 status = CacheStatus.PARTIAL
-            if open_bar is not None and (not candles or candles[-1].time < open_bar.time):
-                candles.append(open_bar)
+            if open_bar is not None and (last_time is None or last_time < open_bar.time):
+                if text is not None:
+                    text = f"{text[:-1]}{',' if got.count else ''}{candle_json(open_bar)}]"
+                else:
+                    candles.append(open_bar)
+                last_time = open_bar.time
                 reaches_present = True
 
         return HistoryResult(
@@ -648,6 +707,8 @@ class MarketDataService:
             reaches_present=reaches_present,
             provider_calls=counters.calls,
             rows_written=counters.rows,
+            candles_json=text,
+            json_last_time=last_time if text is not None else None,
         )
 
     def _check_listed(self, symbol: str, asset_class: AssetClass) -> None:
@@ -691,7 +752,7 @@ class MarketDataService:
         hi_bound: int,
         limit: int,
         forward: bool,
-    ) -> tuple[list[Candle], int | None]:
+    ) -> tuple[_Bars, int | None]:
         """The answer's closed bars from `source`, widening the window while it holds too few bars."""
         slots_per_bar = 1.0
         if asset_class is AssetClass.FOREX and interval not in (Interval.W1, Interval.MO1):
@@ -701,22 +762,22 @@ class MarketDataService:
             lo, hi = lo_bound, min(hi_bound, add_bars(interval, lo_bound, slots - 1))
         else:
             lo, hi = max(lo_bound, add_bars(interval, hi_bound, -(slots - 1))), hi_bound
-        # Forward reads one bar more than asked: if it exists, it is exactly next_start.
-        want = limit + 1 if forward else limit
+        # Forward reads peek at the bar after the answer: if it exists, it is exactly next_start.
         source.ensure(lo, hi)
-        bars = source.read(lo, hi, want, not forward)
+        bars = source.read(lo, hi, limit, not forward)
         for _ in range(_MAX_WIDENINGS):
-            if len(bars) >= limit or source.failure is not None or source.stopped is not None:
+            if bars.count >= limit or source.failure is not None or source.stopped is not None:
                 break
             window = count_bars(interval, lo, hi)
             # Scale by the density seen so far; with nothing yet (a weekend, before a listing) look
             # twice as far. Either way a bounded number of times.
-            extra = math.ceil((limit - len(bars)) * window / len(bars) * 1.1) + 1 if bars else 2 * window
+            found = bars.count
+            extra = math.ceil((limit - found) * window / found * 1.1) + 1 if found else 2 * window
             extra = min(extra, 4 * slots)
             if forward:
                 if hi >= hi_bound:
                     break
-                if not bars:
+                if not found:
                     # Nothing yet (a start before the listing, a long halt): one provider page from here
                     # finds where the data starts (Binance answers with the oldest bars at or after
                     # startTime), instead of crawling window by window.
@@ -734,14 +795,14 @@ class MarketDataService:
                 new_lo = max(lo_bound, add_bars(interval, lo, -extra))
                 source.ensure(new_lo, bar_open(interval, lo - 1))
                 lo = new_lo
-            bars = source.read(lo, hi, want, not forward)
+            bars = source.read(lo, hi, limit, not forward)
         if not forward:
             return bars, None
-        if len(bars) > limit:
-            return bars[:limit], bars[limit].time
+        if bars.next_time is not None:
+            return bars, bars.next_time
         if source.failure is not None or source.stopped is not None:
             # Part of the window may be missing: resume right after what we have, so nothing is skipped.
-            resume = next_open(interval, bars[-1].time) if bars else lo
+            resume = next_open(interval, bars.last_time) if bars.last_time is not None else lo
             return bars, resume if resume <= hi_bound else None
         if hi < hi_bound:
             return bars, next_open(interval, hi)
