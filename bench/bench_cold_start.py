@@ -3,9 +3,9 @@
 
     .venv/bin/python bench/bench_cold_start.py [--runs 15] [--target-ms 350] [--python PATH]
 
-For each handler (functions/historical, functions/symbols, functions/backfill, functions/migrate) a FRESH
-interpreter is started `--runs` times with only the handler's folder added to sys.path and runs
-`import app`; a bare interpreter (`pass`) is timed the same way. Printed per handler, as medians:
+For each handler (every function of template.yaml: functions/historical, symbols, udf, chart, backfill,
+migrate) a FRESH interpreter is started `--runs` times with only the handler's folder added to sys.path
+and runs `import app`; a bare interpreter (`pass`) is timed the same way. Printed per handler, as medians:
 
   CPU-bare   user + system CPU of the whole process minus the bare interpreter's: what a cold start
              adds on top of the runtime's own start. The verdict uses this figure, because wall time
@@ -39,13 +39,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-HANDLERS = {
-    "historical": ("functions/historical", "HistoricalFunction"),
-    "symbols": ("functions/symbols", "SymbolsFunction"),
-    "backfill": ("functions/backfill", "BackfillFunction"),
-    "migrate": ("functions/migrate", "MigrateFunction"),
-}
-TARGETED = ("historical", "symbols", "backfill")
+sys.path.insert(0, str(ROOT))
+from scripts import sam_template  # noqa: E402
+
+_TEMPLATE = sam_template.load()
+#: Every function of template.yaml: folder name -> (source folder, logical id).
+HANDLERS = {f.name: (f.code_uri, f.logical_id) for f in _TEMPLATE.functions.values()}
+#: The request path (every HTTP function) and the backfill; the migration is not on one.
+TARGETED = (*(f.name for f in _TEMPLATE.http_functions), "backfill")
 BUILT = ROOT / ".aws-sam" / "sam-check"
 
 IMPORT_CODE = (

@@ -64,26 +64,40 @@ def ensure_venv() -> None:
     STAMP.write_text(wanted)
 
 
-def ensure_pgbouncer() -> None:
-    """The RDS Proxy stand-in for the pooling tests. Installed from Debian's packages when we can."""
-    if shutil.which("pgbouncer") or os.path.exists("/usr/sbin/pgbouncer"):
-        return
+def _ensure_debian_package(package: str, paths: tuple[str, ...], needed_by: str) -> bool:
+    """Whether `package` is installed (one of `paths` exists or is on PATH), installing it from Debian's
+    packages when this runs as root; otherwise says that `needed_by` will fail and say how to install it."""
+    if any(shutil.which(path) or os.path.exists(path) for path in paths):
+        return False
     if os.geteuid() == 0 and shutil.which("apt-get"):
-        _say("installing pgbouncer (apt-get)")
+        _say(f"installing {package} (apt-get)")
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         quiet = {"stdout": subprocess.DEVNULL, "env": env}
         if _run(["apt-get", "update", "-qq"], **quiet) == 0 and _run(
-            ["apt-get", "install", "-y", "-qq", "pgbouncer"], **quiet
+            ["apt-get", "install", "-y", "-qq", package], **quiet
         ) == 0:
-            # The package starts a system service we do not want; the tests run their own.
-            _run(["service", "pgbouncer", "stop"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            return
-    _say("pgbouncer is not installed: the PgBouncer tests will fail and say how to install it")
+            return True
+    _say(f"{package} is not installed: {needed_by} will fail and say how to install it")
+    return False
+
+
+def ensure_pgbouncer() -> None:
+    """The RDS Proxy stand-in for the pooling tests. Installed from Debian's packages when we can."""
+    if _ensure_debian_package("pgbouncer", ("pgbouncer", "/usr/sbin/pgbouncer"), "the PgBouncer tests"):
+        # The package starts a system service we do not want; the tests run their own.
+        _run(["service", "pgbouncer", "stop"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def ensure_chromium() -> None:
+    """The browser of the chart page test (driven by Playwright; its own browser builds are never
+    downloaded). Installed from Debian's packages when we can."""
+    _ensure_debian_package("chromium", ("/usr/bin/chromium",), "the chart page browser test")
 
 
 def cmd_test(args: list[str]) -> int:
     ensure_venv()
     ensure_pgbouncer()
+    ensure_chromium()
     _say("ruff")
     if _run([str(PY), "-m", "ruff", "check", "."]) != 0:
         return 1

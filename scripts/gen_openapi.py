@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
-"""Generate openapi.json (repository root) from the two functions' routes.
+"""Generate openapi.json (repository root) from the routes of every HTTP function in template.yaml.
 
     python scripts/gen_openapi.py           write openapi.json
     python scripts/gen_openapi.py --check   exit 1, with a diff hint, when the committed file is stale (CI)
 
-Each function has its own Powertools resolver (one Lambda each); their OpenAPI documents are merged
-into one. Powertools documents a 422 "Validation Error" for every validated route; this service maps
-validation errors to 400 with the common ErrorResponse body instead (marketdata.http), so the 422 and
-the schemas nothing references any more are dropped from the merged document.
+Each function behind the HTTP API (template.yaml, read by scripts/sam_template.py) has its own
+Powertools resolver (one Lambda each); their OpenAPI documents are merged into one, and every route
+the template declares must be documented by its function (and no other). Powertools documents a 422
+"Validation Error" for every validated route; this service maps validation errors to 400 with the
+common error body instead (marketdata.http), so the 422 and the schemas nothing references any more
+are dropped from the merged document.
 """
 
 from __future__ import annotations
@@ -22,30 +24,38 @@ from types import ModuleType
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # scripts.sam_template, when run as a script
+    sys.path.insert(0, str(ROOT))
+
+from scripts import sam_template  # noqa: E402
+
 OPENAPI_PATH = ROOT / "openapi.json"
-FUNCTIONS = {
-    "historical": ROOT / "functions" / "historical" / "app.py",
-    "symbols": ROOT / "functions" / "symbols" / "app.py",
-}
 
 TITLE = "Market data API"
 VERSION = "1.0.0"
 DESCRIPTION = (
     "Historical OHLCV candles and symbol lists for crypto (Binance) and forex (Twelve Data), served "
-    "cache-first from Postgres. Times are Unix seconds, UTC; a candle's `time` is its open time. Errors are "
-    "JSON `{message, param}`. Answers about the closed past may be cached for a day; answers reaching the "
-    "present only briefly (see Cache-Control); `X-Cache` tells how an answer was produced."
+    "cache-first from Postgres, a TradingView UDF datafeed over them (/udf/*) and a chart page (/chart). "
+    "Times are Unix seconds, UTC; a candle's `time` is its open time. Errors are JSON `{message, param}` "
+    "(UDF: `{s: error, errmsg}`). Answers about the closed past may be cached for a day; answers reaching "
+    "the present only briefly (see Cache-Control); `X-Cache` tells how an answer was produced."
 )
 
 
+def http_functions() -> dict[str, Path]:
+    """function folder name -> its app.py, for every function template.yaml puts behind the HTTP API."""
+    return {function.name: function.app_path for function in sam_template.load().http_functions}
+
+
 def load_function_module(name: str, path: Path | None = None) -> ModuleType:
-    """Import functions/<name>/app.py under a unique module name (both files are called app.py)."""
+    """Import functions/<name>/app.py under a unique module name (every one is called app.py)."""
     module_name = f"marketdata_function_{name}"
     if module_name in sys.modules:
         return sys.modules[module_name]
-    spec = importlib.util.spec_from_file_location(module_name, path or FUNCTIONS[name])
+    path = path or ROOT / "functions" / name / "app.py"
+    spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {path or FUNCTIONS[name]}")
+        raise ImportError(f"cannot load {path}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
     spec.loader.exec_module(module)
@@ -53,11 +63,19 @@ def load_function_module(name: str, path: Path | None = None) -> ModuleType:
 
 
 def build_openapi() -> dict[str, Any]:
-    """The merged OpenAPI document of both functions."""
+    """The merged OpenAPI document of every HTTP function."""
     merged: dict[str, Any] = {}
-    for name in FUNCTIONS:
-        app = load_function_module(name).app
+    template = sam_template.load()
+    for function in template.http_functions:
+        app = load_function_module(function.name, function.app_path).app
         doc = json.loads(app.get_openapi_json_schema(title=TITLE, version=VERSION, description=DESCRIPTION))
+        documented = {f"{m.upper()} {path}" for path, item in doc.get("paths", {}).items() for m in item}
+        declared = {route.key for route in function.routes}
+        if documented != declared:
+            raise ValueError(
+                f"{function.logical_id}: template.yaml routes {sorted(declared)} but the function "
+                f"documents {sorted(documented)}"
+            )
         if not merged:
             merged = doc
             continue

@@ -5,12 +5,18 @@
 
 - Database: DATABASE_URL when set, else an embedded Postgres whose data lives in .local/pgdata (kept
   between runs, so the cache stays warm). Migrations are applied at start.
+- The routes, the functions behind them and the CORS configuration are template.yaml's (read by
+  scripts/sam_template.py): nothing here lists them again.
 - Each HTTP request becomes an API Gateway HTTP API payload-format-2.0 event (routeKey, rawPath,
   rawQueryString, queryStringParameters with repeated keys joined by commas, lower-cased headers,
-  requestContext) and goes to the `lambda_handler` of the function API Gateway would route it to,
-  with a small fake Lambda context. The function's answer is turned back into HTTP as API Gateway
-  does (isBase64Encoded bodies decoded, cookies as Set-Cookie). A route no function declares gets
-  API Gateway's own 404 `{"message":"Not Found"}`.
+  pathParameters, requestContext) and goes to the `lambda_handler` of the function API Gateway would
+  route it to, with a small fake Lambda context. The function's answer is turned back into HTTP as API
+  Gateway does (isBase64Encoded bodies decoded, cookies as Set-Cookie). A route no function declares
+  gets API Gateway's own 404 `{"message":"Not Found"}`.
+- CORS as the HTTP API's CorsConfiguration makes API Gateway answer: a preflight (OPTIONS with Origin
+  and Access-Control-Request-Method) gets 204 with the allowed origin, methods, headers and max age,
+  without reaching a function; any other request with an allowed Origin gets Access-Control-Allow-Origin
+  and Access-Control-Expose-Headers added, and CORS headers a function sets itself are dropped.
 - One request at a time reaches the functions, as a Lambda execution environment handles one event
   at a time (the resolvers and the database connection are per-process singletons).
 - --offline starts the fake Binance/Twelve Data server (tests/support/fake_upstream.py) in this process
@@ -48,14 +54,13 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # tests.support.fake_upstream, when run as a script
     sys.path.insert(0, str(ROOT))
 
+from scripts import sam_template  # noqa: E402
+
 LambdaHandler = Callable[[dict[str, Any], Any], dict[str, Any]]
 
+TEMPLATE = sam_template.load()
 #: The routes template.yaml declares: route key -> function directory under functions/.
-ROUTES: dict[str, str] = {
-    "GET /v1/candles": "historical",
-    "GET /v1/symbols": "symbols",
-}
-FUNCTION_NAMES = {"historical": "marketdata-historical", "symbols": "marketdata-symbols"}
+ROUTES: dict[str, str] = {key: function.name for key, function in TEMPLATE.route_functions.items()}
 LAMBDA_TIMEOUT_MS = 29_000  # API Gateway's integration timeout
 PGDATA = ROOT / ".local" / "pgdata"
 # --offline caches the fake upstream's made-up candles: they live in their own database, so they can never be
@@ -98,6 +103,7 @@ def to_v2_event(
     route_key: str | None = None,
     request_id: str | None = None,
     now: float | None = None,
+    path_parameters: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The API Gateway HTTP API (payload 2.0) event for one request (`target` = path?query)."""
     parts = urlsplit(target)
@@ -146,6 +152,8 @@ def to_v2_event(
     }
     if query:
         event["queryStringParameters"] = query
+    if path_parameters:
+        event["pathParameters"] = dict(path_parameters)
     if cookies:
         event["cookies"] = cookies
     if body:
@@ -169,6 +177,11 @@ def from_v2_result(result: Any) -> tuple[int, list[tuple[str, str]], bytes]:
     return int(result["statusCode"]), headers, body
 
 
+def function_name(route_key: str) -> str:
+    """The (local) Lambda function name serving a route: marketdata-<folder>."""
+    return f"marketdata-{ROUTES.get(route_key, 'local')}"
+
+
 def load_handlers() -> dict[str, LambdaHandler]:
     """route key -> lambda_handler, importing each function's app.py as Lambda would."""
     from scripts.gen_openapi import load_function_module
@@ -176,6 +189,73 @@ def load_handlers() -> dict[str, LambdaHandler]:
     return {route: load_function_module(function).lambda_handler for route, function in ROUTES.items()}
 
 
+@dataclass(frozen=True)
+class Cors:
+    """The HTTP API's CorsConfiguration, applied as API Gateway applies it."""
+
+    allow_origins: tuple[str, ...] = ()
+    allow_methods: tuple[str, ...] = ()
+    allow_headers: tuple[str, ...] = ()
+    expose_headers: tuple[str, ...] = ()
+    max_age: int | None = None
+    allow_credentials: bool = False
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Cors:
+        def names(key: str) -> tuple[str, ...]:
+            value = config.get(key) or ()
+            return tuple(str(v) for v in ([value] if isinstance(value, str) else value))
+
+        max_age = config.get("MaxAge")
+        return cls(
+            names("AllowOrigins"),
+            tuple(m.upper() for m in names("AllowMethods")),
+            names("AllowHeaders"),
+            names("ExposeHeaders"),
+            int(max_age) if max_age is not None else None,
+            str(config.get("AllowCredentials", "false")).lower() == "true",
+        )
+
+    def allowed_origin(self, origin: str | None) -> str | None:
+        """The Access-Control-Allow-Origin value for a request from `origin`, None if it is not allowed."""
+        if not origin:
+            return None
+        if "*" in self.allow_origins:
+            return origin if self.allow_credentials else "*"
+        lowered = {o.lower().rstrip("/") for o in self.allow_origins}
+        return origin if origin.lower().rstrip("/") in lowered else None
+
+    def preflight(self, origin: str | None, method: str) -> list[tuple[str, str]]:
+        """The headers of the answer to a preflight (empty: the browser will refuse the request)."""
+        allowed = self.allowed_origin(origin)
+        if allowed is None or ("*" not in self.allow_methods and method.upper() not in self.allow_methods):
+            return []
+        headers = [("Access-Control-Allow-Origin", allowed)]
+        if self.allow_methods:
+            headers.append(("Access-Control-Allow-Methods", ",".join(self.allow_methods)))
+        if self.allow_headers:
+            headers.append(("Access-Control-Allow-Headers", ",".join(self.allow_headers)))
+        if self.max_age is not None:
+            headers.append(("Access-Control-Max-Age", str(self.max_age)))
+        return headers + self._credentials(allowed)
+
+    def simple(self, origin: str | None) -> list[tuple[str, str]]:
+        """The headers added to any other answer to a request from `origin`."""
+        allowed = self.allowed_origin(origin)
+        if allowed is None:
+            return []
+        headers = [("Access-Control-Allow-Origin", allowed)]
+        if self.expose_headers:
+            headers.append(("Access-Control-Expose-Headers", ",".join(self.expose_headers)))
+        return headers + self._credentials(allowed)
+
+    def _credentials(self, allowed: str) -> list[tuple[str, str]]:
+        extra = [("Access-Control-Allow-Credentials", "true")] if self.allow_credentials else []
+        return extra + ([("Vary", "Origin")] if allowed != "*" else [])
+
+
+#: What API Gateway does with CORS headers a function returns: ignores them.
+_CORS_PREFIX = "access-control-"
 _JSON = ("Content-Type", "application/json")
 
 
@@ -198,26 +278,34 @@ class _RequestHandler(BaseHTTPRequestHandler):
             length = -1
         body = self.rfile.read(length) if length > 0 else b""
         path = urlsplit(self.path).path
-        route_key = f"{self.command} {path}"
-        handler = self.server.handlers.get(route_key)
+        cors, origin = self.server.cors, self.headers.get("Origin")
+        preflight_method = self.headers.get("Access-Control-Request-Method")
+        found = sam_template.route_for(self.server.handlers, self.command, path)
         if length < 0:
             status, headers, payload = 400, [_JSON], b'{"message":"Bad Request"}'
-        elif handler is None:
+        elif self.command == "OPTIONS" and origin and preflight_method:
+            # API Gateway answers preflights itself, for any path, without calling a function.
+            status, headers, payload = 204, cors.preflight(origin, preflight_method), b""
+        elif found is None:
             status, headers, payload = 404, [_JSON], b'{"message":"Not Found"}'
         else:
+            route_key, path_parameters = found
             event = to_v2_event(
                 self.command, self.path, list(self.headers.items()), body,
-                source_ip=self.client_address[0], route_key=route_key,
+                source_ip=self.client_address[0], route_key=route_key, path_parameters=path_parameters,
             )  # fmt: skip
-            context = FakeLambdaContext(FUNCTION_NAMES.get(ROUTES.get(route_key, ""), "local-function"))
+            context = FakeLambdaContext(function_name(route_key))
             try:
                 with self.server.invoke_lock:
-                    result = handler(event, context)
+                    result = self.server.handlers[route_key](event, context)
                 status, headers, payload = from_v2_result(result)
             except Exception:
                 # What API Gateway answers when the function itself fails (our handlers never should).
                 traceback.print_exc()
                 status, headers, payload = 500, [_JSON], b'{"message":"Internal Server Error"}'
+        if status != 204:
+            headers = [(k, v) for k, v in headers if not k.lower().startswith(_CORS_PREFIX)]
+            headers += cors.simple(origin)
         with self.server.stats_lock:
             self.server.stats[status] += 1
         self.send_response(status)
@@ -240,6 +328,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     handlers: dict[str, LambdaHandler]
+    cors: Cors
     invoke_lock: threading.Lock
     access_log: bool
     stats: Counter[int]
@@ -247,7 +336,8 @@ class _Server(ThreadingHTTPServer):
 
 
 class LocalApi:
-    """Both functions behind one local HTTP server, routed like the HTTP API in template.yaml."""
+    """The HTTP functions behind one local HTTP server, routed (and CORS answered) like the HTTP API in
+    template.yaml. `handlers` (route key -> handler) and `cors` replace the template's, for tests."""
 
     def __init__(
         self,
@@ -255,10 +345,12 @@ class LocalApi:
         port: int = 3000,
         *,
         handlers: dict[str, LambdaHandler] | None = None,
+        cors: Cors | None = None,
         access_log: bool = True,
     ) -> None:
         self._server = _Server((host, port), _RequestHandler)
         self._server.handlers = handlers if handlers is not None else load_handlers()
+        self._server.cors = cors if cors is not None else Cors.from_config(TEMPLATE.cors)
         self._server.invoke_lock = threading.Lock()
         self._server.access_log = access_log
         self._server.stats = Counter()
@@ -353,6 +445,7 @@ def _examples(url: str) -> str:
             f"  curl -si '{url}/v1/candles?symbol=BTCUSDT&interval=1m&start={day_ago}&end={now}&limit=1000'",
             f"  curl -s '{url}/v1/candles?symbol=EUR/USD&interval=1D&limit=30'",
             f"  curl -s '{url}/v1/candles?symbol=ETHUSDT&interval=5m&include_open=true&limit=3'",
+            f"  curl -s '{url}/udf/history?symbol=BINANCE:BTCUSDT&resolution=60&to={now}&countback=5'",
         ]
     )
 
@@ -362,7 +455,7 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Serve both functions locally as API Gateway would.")
+    parser = argparse.ArgumentParser(description="Serve the HTTP functions locally as API Gateway would.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=3000)
     parser.add_argument(
@@ -413,7 +506,12 @@ def main(argv: list[str] | None = None) -> int:
 
         api = LocalApi(args.host, args.port)
         cleanup.callback(api.stop)
-        print(f"\nmarket data API on {api.url}  (Ctrl-C stops)\n\n{_examples(api.url)}\n", flush=True)
+        print(
+            f"\nmarket data API on {api.url}  (Ctrl-C stops)\n"
+            f"chart page:           {api.url}/chart\n"
+            f"TradingView UDF feed: {api.url}/udf\n\n{_examples(api.url)}\n",
+            flush=True,
+        )
         try:
             api.serve_forever()
         except KeyboardInterrupt:

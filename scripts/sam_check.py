@@ -37,10 +37,15 @@ Why an overlay for native code, and only for it
 
 Invocations (all in fresh processes; with a database the order matters):
    migrate -> applies every migration (or says up to date), candles (miss or hit) -> candles again (hit),
-   bad candles input (400/422, no stack), symbols crypto and forex, backfill (jobs from
-   events/backfill_schedule.json) -> candles over the backfilled range (hit), migrate again (nothing).
-   Candle values are compared with the fake upstream's truth. Without --database-url the API runs in
-   bypass mode and the migrate function must refuse with a ConfigurationError.
+   bad candles input (400/422, no stack), symbols crypto and forex, every other API Gateway sample event
+   in events/ (the UDF datafeed, the chart page: 200, no stack) sent to the function template.yaml routes
+   it to, backfill (jobs from events/backfill_schedule.json) -> candles over the backfilled range (hit),
+   migrate again (nothing). Candle values are compared with the fake upstream's truth. Without
+   --database-url the API runs in bypass mode and the migrate function must refuse with a
+   ConfigurationError.
+
+The functions and their routes are template.yaml's, read by scripts/sam_template.py (with PyYAML from
+the interpreter running this, or else from .venv-sam, which SAM brings it to).
 
 --upstream-url must be the fake upstream (tests/support/fake_upstream.py); without it one is started
 in this process. --database-url should name an empty or migrated database the check may write to.
@@ -69,7 +74,7 @@ import tempfile
 import time
 import venv
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -82,17 +87,43 @@ TEMPLATE = ROOT / "template.yaml"
 EVENTS = ROOT / "events"
 
 LAYER = "SharedLayer"
-FUNCTIONS = {  # logical id -> source folder (template.yaml CodeUri)
-    "HistoricalFunction": "functions/historical",
-    "SymbolsFunction": "functions/symbols",
-    "BackfillFunction": "functions/backfill",
-    "MigrateFunction": "functions/migrate",
-}
-API_FUNCTIONS = ("HistoricalFunction", "SymbolsFunction")
 CANDLE_FIELDS = {"time", "open", "high", "low", "close", "volume"}
 HISTORY_FIELDS = {"symbol", "interval", "asset_class", "provider", "candles", "next_start"}
 ELF_MACHINE = {62: "x86_64", 183: "aarch64"}
 DEFAULT_TWELVE_DATA_KEY = "sam-check-key"
+
+
+@dataclass(frozen=True)
+class TemplateFunctions:
+    """template.yaml's functions: logical id -> CodeUri, and route key -> the logical id serving it."""
+
+    code_uris: dict[str, str]
+    routes: dict[str, str]
+
+
+def template_functions() -> TemplateFunctions:
+    """The functions and routes of template.yaml (scripts/sam_template.py is their one reader)."""
+    try:
+        sys.path.insert(0, str(ROOT))
+        try:
+            from scripts import sam_template
+        finally:
+            sys.path.remove(str(ROOT))
+        template = sam_template.load()
+        functions = {k: {"code_uri": f.code_uri, "routes": [asdict(r) for r in f.routes]}
+                     for k, f in template.functions.items()}  # fmt: skip
+    except ImportError:  # no PyYAML here: SAM's virtualenv has it
+        python = ensure_sam().parent / "python"
+        proc = subprocess.run(
+            [str(python), str(ROOT / "scripts" / "sam_template.py")], capture_output=True, text=True
+        )
+        if proc.returncode != 0:
+            raise CheckFailed(f"template.yaml cannot be read:\n{proc.stderr[-2000:]}") from None
+        functions = json.loads(proc.stdout)["functions"]
+    return TemplateFunctions(
+        {k: f["code_uri"] for k, f in functions.items()},
+        {f"{r['method']} {r['path']}": k for k, f in functions.items() for r in f["routes"]},
+    )
 
 
 class ToolMissing(Exception):
@@ -315,10 +346,10 @@ def elf_machine(path: Path) -> str:
     return ELF_MACHINE.get(int.from_bytes(header[18:20], "little"), f"machine-{header[18]}")
 
 
-def inspect_build(build: Path) -> list[Distribution]:
+def inspect_build(build: Path, functions: TemplateFunctions | None = None) -> list[Distribution]:
     """Check the build output's shape; return the layer's distributions that carry native code."""
     problems: list[str] = []
-    for logical_id in FUNCTIONS:
+    for logical_id in (functions or template_functions()).code_uris:
         if not (build / logical_id / "app.py").is_file():
             problems.append(f"{logical_id}: app.py missing from the build output")
     site = build / LAYER / "python"
@@ -600,6 +631,7 @@ class HttpAnswer:
 
 
 def http_answer(inv: Invocation) -> HttpAnswer:
+    """The HTTP answer of an API function: JSON decoded, other content types (the chart page) as text."""
     result = inv.result
     if not isinstance(result, dict) or "statusCode" not in result:
         raise CheckFailed(f"{inv.describe()}: not an API Gateway v2 response: {str(result)[:300]}")
@@ -611,6 +643,8 @@ def http_answer(inv: Invocation) -> HttpAnswer:
     text = data.decode("utf-8")
     if "Traceback" in text:
         raise CheckFailed(f"{inv.describe()}: the body contains a stack trace: {text[:300]}")
+    if not headers.get("content-type", "application/json").startswith("application/json"):
+        return HttpAnswer(int(result["statusCode"]), headers, text)
     try:
         body = json.loads(text)
     except ValueError as exc:
@@ -707,10 +741,8 @@ def function_env(options: Options, layer: Path) -> dict[str, dict[str, str]]:
     if migrations_dir:
         migrate["MIGRATIONS_DIR"] = migrations_dir.group(1).replace("/opt/python", str(layer), 1)
     return {
-        "HistoricalFunction": common,
-        "SymbolsFunction": common,
-        "BackfillFunction": common,
-        "MigrateFunction": migrate,
+        logical_id: migrate if logical_id == "MigrateFunction" else common
+        for logical_id in template_functions().code_uris
     }
 
 
@@ -833,6 +865,22 @@ def run_invocations(python313: Path, build: Path, layer: Path, options: Options)
 
     step("symbols crypto", "SymbolsFunction", load_event("symbols_crypto.json"), symbols("crypto", "BTCUSDT"))
     step("symbols forex", "SymbolsFunction", load_event("symbols_forex.json"), symbols("forex", "EUR/USD"))
+
+    # --- every other API sample event (the UDF datafeed, the chart page), to the function its route is on ---
+    def sample_answer(inv: Invocation) -> None:
+        api(inv)
+        answer = http_answer(inv)
+        expect(answer.status == 200, inv, f"status {answer.status}, body {str(answer.body)[:300]}")
+        if isinstance(answer.body, dict) and "s" in answer.body:
+            expect(answer.body["s"] == "ok", inv, f"UDF answer {str(answer.body)[:300]}")
+
+    checked = {"candles.json", "candles_bad_input.json", "symbols_crypto.json", "symbols_forex.json"}
+    routes = template_functions().routes
+    for path in sorted(EVENTS.glob("*.json")):
+        event = json.loads(path.read_text())
+        if path.name in checked or not (isinstance(event, dict) and event.get("version") == "2.0"):
+            continue
+        step(path.stem.replace("_", " "), routes[event["routeKey"]], event, sample_answer)
 
     # --- backfill (the scheduler's Input is the event itself) ---
     jobs = load_event("backfill_schedule.json")

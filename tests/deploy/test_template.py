@@ -1,4 +1,7 @@
-"""template.yaml, events/ and env.json hold together (fast; `sam validate --lint` runs in test_sam_build)."""
+"""template.yaml, events/ and env.json hold together (fast; `sam validate --lint` runs in test_sam_build).
+
+The functions and routes are read from template.yaml itself (scripts/sam_template.py), as the local API,
+the OpenAPI generation and the build check read them: what is checked here is every one of them."""
 
 from __future__ import annotations
 
@@ -8,45 +11,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+
+from scripts import sam_template
 
 ROOT = Path(__file__).resolve().parents[2]
-FUNCTIONS = ("HistoricalFunction", "SymbolsFunction", "BackfillFunction", "MigrateFunction")
-ROUTES = {"HistoricalFunction": "/v1/candles", "SymbolsFunction": "/v1/symbols"}
-API_EVENTS = {
-    "candles.json": "HistoricalFunction",
-    "candles_bad_input.json": "HistoricalFunction",
-    "symbols_crypto.json": "SymbolsFunction",
-    "symbols_forex.json": "SymbolsFunction",
-}
-
-
-class _CfnLoader(yaml.SafeLoader):
-    """Reads CloudFormation short forms (!Ref, !Sub, !If ...) as their long JSON forms."""
-
-
-def _intrinsic(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> dict[str, Any]:
-    if isinstance(node, yaml.ScalarNode):
-        value: Any = loader.construct_scalar(node)
-    elif isinstance(node, yaml.SequenceNode):
-        value = loader.construct_sequence(node, deep=True)
-    else:
-        value = loader.construct_mapping(node, deep=True)
-    if suffix == "Ref":
-        return {"Ref": value}
-    if suffix == "GetAtt" and isinstance(value, str):
-        value = value.split(".", 1)
-    if suffix == "Condition":
-        return {"Condition": value}
-    return {f"Fn::{suffix}": value}
-
-
-_CfnLoader.add_multi_constructor("!", _intrinsic)
+TEMPLATE = sam_template.load()
+FUNCTIONS = tuple(TEMPLATE.functions)
+#: Each function's role: its own grants only (the chart page reads no database and no key).
+ROLES = {"MigrateFunction": "MigrateFunctionRole", "ChartFunction": "ChartFunctionRole",
+         "BackfillFunction": "BackfillFunctionRole"}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def template() -> dict[str, Any]:
-    return yaml.load((ROOT / "template.yaml").read_text(), Loader=_CfnLoader)
+    return sam_template.read_raw()
 
 
 def _walk(node: Any) -> Any:
@@ -94,15 +72,19 @@ def test_every_function_has_its_handler_and_log_group(template: dict[str, Any]) 
 
 def test_api_routes_timeouts_throttling_and_cors(template: dict[str, Any]) -> None:
     resources = template["Resources"]
-    for logical_id, path in ROUTES.items():
-        props = resources[logical_id]["Properties"]
+    assert {"GET /v1/candles", "GET /v1/symbols", "GET /udf/history", "GET /chart"} <= {
+        route.key for route in TEMPLATE.routes
+    }
+    for function in TEMPLATE.http_functions:
+        props = resources[function.logical_id]["Properties"]
         # API Gateway gives up after 30 s: the function must answer (or fail) before.
         assert props["Timeout"] < 30
-        (event,) = props["Events"].values()
-        assert event["Type"] == "HttpApi"
-        assert event["Properties"]["Method"] == "GET"
-        assert event["Properties"]["Path"] == path
-        assert event["Properties"]["ApiId"] == {"Ref": "MarketDataApi"}
+        for route in function.routes:
+            event = props["Events"][route.event]
+            assert event["Properties"]["Method"] == "GET"
+            assert event["Properties"]["ApiId"] == {"Ref": "MarketDataApi"}
+            assert event["Properties"]["PayloadFormatVersion"] == "2.0"
+            assert props["Timeout"] * 1000 < event["Properties"]["TimeoutInMillis"] <= 30000
     api = resources["MarketDataApi"]["Properties"]
     assert api["DefaultRouteSettings"]["ThrottlingBurstLimit"] == {"Ref": "ApiThrottlingBurstLimit"}
     assert api["DefaultRouteSettings"]["ThrottlingRateLimit"] == {"Ref": "ApiThrottlingRateLimit"}
@@ -129,7 +111,7 @@ def test_no_wildcard_actions_and_scoped_resources(template: dict[str, Any]) -> N
         actions.update([action] if isinstance(action, str) else action)
     assert actions == {
         "rds-db:connect", "secretsmanager:GetSecretValue", "ssm:GetParameter", "kms:Decrypt",
-        "logs:CreateLogStream", "logs:PutLogEvents", "sts:AssumeRole",
+        "logs:CreateLogStream", "logs:PutLogEvents", "sts:AssumeRole", "sqs:SendMessage",
     }  # fmt: skip
     assert not any("*" in action for action in actions)
     for statement in statements:
@@ -148,9 +130,14 @@ def test_no_wildcard_actions_and_scoped_resources(template: dict[str, Any]) -> N
         if "logs:PutLogEvents" in statement["Action"]:
             groups = resource if isinstance(resource, list) else [resource]
             assert all(set(g) == {"Fn::GetAtt"} and g["Fn::GetAtt"][0].endswith("LogGroup") for g in groups)
-        if statement["Action"] == "kms:Decrypt":
+        if statement["Action"] == "kms:Decrypt" and resource == {"Ref": "EnvironmentKmsKeyArn"}:
+            # Lambda's environment ciphertexts only (their encryption context names the function).
+            assert statement["Condition"] == {"Null": {"kms:EncryptionContext:LambdaFunctionName": "false"}}
+        elif statement["Action"] == "kms:Decrypt":
             assert resource == {"Ref": "SecretsKmsKeyArn"}
             assert "kms:ViaService" in statement["Condition"]["StringEquals"]
+        if statement["Action"] == "sqs:SendMessage":  # the backfill's dead letters
+            assert resource == {"Fn::GetAtt": ["BackfillDeadLetterQueue", "Arn"]}
 
 
 def test_access_is_granted_only_when_used(template: dict[str, Any]) -> None:
@@ -167,12 +154,15 @@ def test_access_is_granted_only_when_used(template: dict[str, Any]) -> None:
     # Functions use the stack's own roles; the migration function's never gets the Twelve Data key.
     for logical_id in FUNCTIONS:
         role = resources[logical_id]["Properties"]["Role"]["Fn::GetAtt"][0]
-        assert role == ("MigrateFunctionRole" if logical_id == "MigrateFunction" else "ServiceFunctionRole")
+        assert role == ROLES.get(logical_id, "ServiceFunctionRole")
         assert "Policies" not in resources[logical_id]["Properties"]
     assert "TwelveDataKeyPolicy" not in json.dumps(resources["MigrateFunctionRole"])
     assert "TwelveDataKeyPolicy" in json.dumps(resources["ServiceFunctionRole"])
+    assert "TwelveDataKeyPolicy" in json.dumps(resources["BackfillFunctionRole"])
     # Every managed policy of a role is conditional on the feature that needs it.
-    for role in ("ServiceFunctionRole", "MigrateFunctionRole"):
+    chart_role = json.dumps(resources["ChartFunctionRole"])
+    assert "TwelveDataKeyPolicy" not in chart_role and "DatabaseAccessPolicy" not in chart_role
+    for role in ("ServiceFunctionRole", "BackfillFunctionRole", "MigrateFunctionRole", "ChartFunctionRole"):
         for arn in resources[role]["Properties"]["ManagedPolicyArns"]:
             assert arn["Fn::If"][2] == {"Ref": "AWS::NoValue"}, arn
     # VPC settings only when subnets and security groups are given.
@@ -195,13 +185,19 @@ def test_common_environment(template: dict[str, Any]) -> None:
 
 
 def test_events_match_routes_and_env_json_names_functions(template: dict[str, Any]) -> None:
-    for name, logical_id in API_EVENTS.items():
-        event = json.loads((ROOT / "events" / name).read_text())
-        assert event["version"] == "2.0"
-        assert event["routeKey"] == f"GET {ROUTES[logical_id]}"
-        assert event["rawPath"] == event["requestContext"]["http"]["path"] == ROUTES[logical_id]
-        query = "&".join(f"{k}={v}" for k, v in event["queryStringParameters"].items())
+    routes = {route.key: route for route in TEMPLATE.routes}
+    samples = 0
+    for path in sorted((ROOT / "events").glob("*.json")):
+        event = json.loads(path.read_text())
+        if not (isinstance(event, dict) and event.get("version") == "2.0"):
+            continue
+        samples += 1
+        route = routes[event["routeKey"]]  # a route the template declares
+        assert event["rawPath"] == event["requestContext"]["http"]["path"]
+        assert route.match("GET", event["rawPath"]) == event.get("pathParameters", {}), path.name
+        query = "&".join(f"{k}={v}" for k, v in (event.get("queryStringParameters") or {}).items())
         assert event["rawQueryString"] == query
+    assert samples >= len(routes)
     jobs = json.loads((ROOT / "events" / "backfill_schedule.json").read_text())
     assert jobs["jobs"] and all({"symbol", "interval"} <= set(job) for job in jobs["jobs"])
     assert json.loads((ROOT / "events" / "migrate.json").read_text()) == {}

@@ -1,5 +1,6 @@
 """Fixtures for the HTTP function tests: the process singletons pointed at a test database and the fake
-upstream through the environment (as on Lambda), the two lambda_handlers, and API Gateway v2 events."""
+upstream through the environment (as on Lambda), the lambda_handlers of every route template.yaml
+declares, and API Gateway v2 events."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from urllib.parse import urlencode
 import pytest
 
 from scripts.gen_openapi import load_function_module
-from scripts.local_api import ROUTES, FakeLambdaContext, to_v2_event
+from scripts.local_api import ROUTES, FakeLambdaContext, LocalApi, load_handlers, to_v2_event
+from scripts.sam_template import route_for
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.upstream_fixtures import upstream_env
 
@@ -43,9 +45,11 @@ def reset_process_singletons() -> None:
     What a new Lambda execution environment would start from; the tests change the environment
     between cases, and these objects are cached per process on purpose.
     """
+    from marketdata import udf
     from marketdata.service import reset_service
 
     reset_service()
+    udf.reset_precision_cache()
 
 
 def service_env_vars(database_url: str, fake: FakeUpstream) -> dict[str, str]:
@@ -115,7 +119,9 @@ class Api:
         else:
             target = f"{path}?{urlencode({k: v for k, v in query.items() if v is not None})}"
         sent = {"host": "api.example.com", "user-agent": "pytest", **(headers or {})}
-        return to_v2_event("GET", target, sent, route_key=f"GET {path}")
+        found = route_for(ROUTES, "GET", path)
+        route_key, params = found if found is not None else (f"GET {path}", {})
+        return to_v2_event("GET", target, sent, route_key=route_key, path_parameters=params)
 
     def invoke(self, event: dict[str, Any], route: str | None = None) -> Answer:
         route = route or event["routeKey"]
@@ -139,7 +145,24 @@ class Api:
     def symbols(self, **query: Any) -> Answer:
         return self.get("/v1/symbols", query)
 
+    def udf(self, endpoint: str, **query: Any) -> Answer:
+        """GET /udf/<endpoint>; `from_` is sent as `from`."""
+        if "from_" in query:
+            query["from"] = query.pop("from_")
+        return self.get(f"/udf/{endpoint}", query)
+
 
 @pytest.fixture
 def api(service_env: FakeUpstream) -> Api:
     return Api()
+
+
+@pytest.fixture
+def local_api(service_env: FakeUpstream) -> Iterator[LocalApi]:
+    """The local service (what `dev.py serve` runs) on this test's database and the fake upstream, in a
+    thread of this process."""
+    api = LocalApi("127.0.0.1", 0, handlers=load_handlers(), access_log=False).start()
+    try:
+        yield api
+    finally:
+        api.stop()

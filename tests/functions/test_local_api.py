@@ -128,6 +128,34 @@ def test_the_server_routes_like_the_http_api(echo_api: LocalApi):
     assert echo_api.status_counts == {200: 1, 404: 3}
 
 
+def test_routes_come_from_the_template_and_path_parameters_are_matched():
+    from scripts.local_api import ROUTES
+    from scripts.sam_template import load
+
+    template = load()
+    assert {route.key: template.functions[route.function].name for route in template.routes} == ROUTES
+    assert ROUTES["GET /udf/history"] == "udf" and ROUTES["GET /chart/{asset}"] == "chart"
+
+    def echo(event, context):
+        return {"statusCode": 200, "body": json.dumps(event)}
+
+    handlers = {"GET /chart": echo, "GET /chart/{asset}": echo, "GET /chart/fixed.js": echo}
+    api = LocalApi("127.0.0.1", 0, handlers=handlers, access_log=False).start()
+    try:
+        page = json.loads(_request(api, "GET", "/chart")[1])
+        asset = json.loads(_request(api, "GET", "/chart/lib-1.0.js?v=1")[1])
+        exact = json.loads(_request(api, "GET", "/chart/fixed.js")[1])
+        deeper = _request(api, "GET", "/chart/a/b")
+    finally:
+        api.stop()
+    assert page["routeKey"] == "GET /chart" and "pathParameters" not in page
+    assert asset["routeKey"] == "GET /chart/{asset}"
+    assert asset["pathParameters"] == {"asset": "lib-1.0.js"}
+    assert asset["rawPath"] == "/chart/lib-1.0.js"
+    assert exact["routeKey"] == "GET /chart/fixed.js"  # an exact route wins over a parameter
+    assert deeper[0] == 404  # {asset} is one path segment
+
+
 def test_a_failing_function_is_api_gateways_500_not_a_hang():
     def broken(event, context):
         raise RuntimeError("boom")

@@ -3,10 +3,13 @@ functions really answer."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
-from scripts import gen_openapi
+import pytest
+
+from scripts import gen_openapi, sam_template
 
 
 def test_the_committed_document_matches_the_code():
@@ -29,17 +32,20 @@ def test_check_reports_a_stale_document_with_a_diff(tmp_path: Path):
     assert gen_openapi.main(["--check", "--output", str(target)]) == 0
 
 
-def test_both_functions_are_merged_with_their_error_answers():
+def test_every_http_function_of_the_template_is_merged_with_its_error_answers():
     doc = gen_openapi.build_openapi()
 
-    assert set(doc["paths"]) == {"/v1/candles", "/v1/symbols"}
+    template_paths = {route.path for route in sam_template.load().routes}
+    assert set(doc["paths"]) == template_paths
+    assert {"/v1/candles", "/v1/symbols", "/udf/history", "/chart", "/chart/{asset}"} <= template_paths
     candles = doc["paths"]["/v1/candles"]["get"]
     symbols = doc["paths"]["/v1/symbols"]["get"]
-    assert set(candles["responses"]) == {"200", "400", "404", "502", "503"}
+    assert set(candles["responses"]) == {"200", "400", "403", "404", "502", "503"}
     assert set(symbols["responses"]) == {"200", "400", "502", "503"}
     assert "Retry-After" in candles["responses"]["503"]["headers"]
     error_ref = {"$ref": "#/components/schemas/ErrorResponse"}
-    for status in ("400", "404", "502", "503"):
+    assert "higher data-provider plan" in candles["responses"]["403"]["description"]
+    for status in ("400", "403", "404", "502", "503"):
         assert candles["responses"][status]["content"]["application/json"]["schema"] == error_ref
     assert {p["name"] for p in candles["parameters"]} == {
         "symbol",
@@ -61,3 +67,33 @@ def test_both_functions_are_merged_with_their_error_answers():
         "candles",
         "next_start",
     }
+
+
+def test_the_udf_datafeed_and_the_chart_page_are_documented():
+    doc = gen_openapi.build_openapi()
+    paths = doc["paths"]
+
+    history = paths["/udf/history"]["get"]
+    assert {p["name"]: p["required"] for p in history["parameters"]} == {
+        "symbol": True, "resolution": True, "to": True, "from": False, "countback": False,
+    }  # fmt: skip
+    udf_error = {"$ref": "#/components/schemas/UdfError"}
+    for status in ("400", "404", "503"):
+        assert history["responses"][status]["content"]["application/json"]["schema"] == udf_error
+    ok = history["responses"]["200"]["content"]["application/json"]["schema"]["anyOf"]
+    assert ok == [{"$ref": "#/components/schemas/UdfBars"}, {"$ref": "#/components/schemas/UdfNoData"}]
+    assert set(paths["/udf/time"]["get"]["responses"]["200"]["content"]) == {"text/plain"}
+    assert set(paths["/chart"]["get"]["responses"]["200"]["content"]) == {"text/html"}
+    resolutions = doc["components"]["schemas"]["Resolution"]["enum"]
+    assert resolutions[:9] == ["1", "5", "15", "30", "60", "240", "1D", "1W", "1M"]
+
+
+def test_a_route_the_template_declares_but_no_function_documents_is_refused(monkeypatch):
+    template = sam_template.load()
+    udf = template.functions["UdfFunction"]
+    extra = sam_template.Route("GET", "/udf/marks", "UdfFunction", "UdfMarks")
+    functions = {**template.functions, "UdfFunction": dataclasses.replace(udf, routes=(*udf.routes, extra))}
+    monkeypatch.setattr(sam_template, "load", lambda: sam_template.Template(functions, template.cors))
+
+    with pytest.raises(ValueError, match="/udf/marks"):
+        gen_openapi.build_openapi()

@@ -1,0 +1,216 @@
+"""GET /udf/{config,symbols,search,history,time}: a TradingView UDF datafeed (API Gateway HTTP API, 2.0).
+
+Point TradingView's UDF adapter at `<api>/udf`. A thin handler like the others: Powertools validates
+the query, `marketdata.udf` speaks the protocol over the cache-first service, and `marketdata.http`
+maps errors (rendered in UDF's `{"s": "error", "errmsg"}` shape), sets the caching headers (history
+as for /v1/candles) and records metrics. The service is imported on the first data request only, so
+/udf/config and /udf/time answer without loading it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Annotated
+
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, content_types
+from aws_lambda_powertools.event_handler.openapi.params import Query
+
+from marketdata import http, udf
+
+if TYPE_CHECKING:
+    from marketdata.service import MarketDataService
+
+MAX_UNIX_SECONDS = 32503680000  # year 3000, as schemas.UnixSeconds
+UNIX_SECONDS = "Unix seconds (an integer from 0 to 32503680000)"
+PARAM_HELP = {
+    "resolution": f"one of {', '.join(udf.SUPPORTED_RESOLUTIONS)}",
+    "from": UNIX_SECONDS,
+    "to": UNIX_SECONDS,
+    "countback": f"an integer from 1 to {udf.MAX_BARS} (one answer holds at most {udf.MAX_BARS} bars: "
+    "ask for fewer)",
+    "limit": f"an integer from 1 to {udf.MAX_SEARCH_LIMIT}",
+    "query": "at most 64 characters",
+    "type": "crypto, forex or nothing",
+    "exchange": f"{', '.join(udf.EXCHANGES.values())} or nothing",
+}
+#: Config and symbol answers change rarely; the server time never may be cached.
+CONFIG_CACHE_CONTROL = "public, max-age=3600"
+SYMBOLS_CACHE_CONTROL = "public, max-age=300"
+ERRORS = {
+    400: "Invalid input: errmsg names the offending parameter",
+    404: "errmsg `unknown_symbol`: the service does not list the symbol",
+    503: "The answer could not be completed in this request (see Retry-After), the provider is rate "
+    "limiting, or the service is not configured or temporarily unavailable",
+}
+
+
+#: The `symbol` parameter of /udf/symbols and /udf/history.
+SymbolQuery = Annotated[
+    str,
+    Query(description="BTCUSDT, BINANCE:BTCUSDT, EUR/USD or TWELVEDATA:EUR/USD", min_length=1, max_length=80,
+          examples=["BINANCE:BTCUSDT"]),
+]  # fmt: skip
+
+
+def _udf_error(error: http.ApiError) -> str:
+    return udf.error_body(error.status, error.message, error.param)
+
+
+app = APIGatewayHttpResolver(enable_validation=True)
+http.register_error_handlers(app, body=_udf_error, param_help=PARAM_HELP)
+
+
+def _service() -> MarketDataService:
+    from marketdata.service import get_service
+
+    return get_service()
+
+
+def _errors(*statuses: int) -> dict[int, dict]:
+    return http.error_responses(*statuses, model=udf.UdfError, descriptions=ERRORS)
+
+
+def _json(body: object) -> str:
+    import json
+
+    return json.dumps(body, separators=(",", ":"))
+
+
+@app.get(
+    "/udf/config",
+    summary="UDF datafeed configuration",
+    description="What the datafeed supports: the nine resolutions, search, server time; no marks, no "
+    "group requests.",
+    tags=["udf"],
+    operation_id="udfConfig",
+    responses={
+        **http.ok_response(udf.UdfConfig, "The configuration", with_x_cache=False,
+                           cache_control="an hour"),
+        **_errors(503),
+    },
+)  # fmt: skip
+def get_config():
+    return http.json_response(_json(udf.config()), cache_control=CONFIG_CACHE_CONTROL)
+
+
+@app.get(
+    "/udf/symbols",
+    summary="UDF symbol info",
+    description="The symbol info the library charts a symbol with: BTCUSDT or BINANCE:BTCUSDT (Binance), "
+    "EUR/USD or TWELVEDATA:EUR/USD (forex). pricescale follows the symbol's price step (forex: 5 "
+    "decimals, 3 for JPY pairs).",
+    tags=["udf"],
+    operation_id="udfSymbols",
+    responses={
+        **http.ok_response(udf.UdfSymbolInfo, "The symbol info", with_x_cache=False,
+                           cache_control="five minutes"),
+        **_errors(400, 404, 502, 503),
+    },
+)  # fmt: skip
+def get_symbol(symbol: SymbolQuery):
+    return http.json_response(
+        _json(udf.symbol_info(_service(), symbol)), cache_control=SYMBOLS_CACHE_CONTROL
+    )
+
+
+@app.get(
+    "/udf/search",
+    summary="UDF symbol search",
+    description="Listed symbols matching the query (case-insensitive, `/` optional): exact matches first, "
+    "then prefixes, then the rest.",
+    tags=["udf"],
+    operation_id="udfSearch",
+    responses={
+        **http.ok_response(list[udf.UdfSearchResult], "Matching symbols", with_x_cache=False,
+                           cache_control="five minutes"),
+        **_errors(400, 502, 503),
+    },
+)  # fmt: skip
+def get_search(
+    query: Annotated[str, Query(description="part of a symbol, e.g. btc or eurusd", max_length=64)] = "",
+    type: Annotated[str, Query(description="crypto, forex, or empty for both", max_length=16)] = "",
+    exchange: Annotated[str, Query(description="BINANCE, TWELVEDATA, or empty for both", max_length=16)] = "",
+    limit: Annotated[
+        int, Query(description="maximum number of results", ge=1, le=udf.MAX_SEARCH_LIMIT)
+    ] = udf.DEFAULT_SEARCH_LIMIT,
+):
+    found = udf.search(_service(), query, type, exchange, limit)
+    return http.json_response(_json(found), cache_control=SYMBOLS_CACHE_CONTROL)
+
+
+@app.get(
+    "/udf/history",
+    summary="UDF bars",
+    description=(
+        "Bars opening in [from, to) (`to` exclusive), or with `countback` the `countback` bars before `to` "
+        "(from ignored), ascending, from the same cache-first service as /v1/candles. At most "
+        f"{udf.MAX_BARS} bars per answer: a wider range or a larger countback is refused, never cut. "
+        "No bars: `no_data`, with `nextTime` the newest bar before the range when there is one. The "
+        "still-open bar is included when the range reaches it."
+    ),
+    tags=["udf"],
+    operation_id="udfHistory",
+    responses={
+        **http.ok_response(udf.UdfBars | udf.UdfNoData, "Bars, or no_data", with_x_cache=True),
+        **_errors(400, 403, 404, 502, 503),
+    },
+)
+def get_history(
+    symbol: SymbolQuery,
+    resolution: Annotated[udf.Resolution, Query(description="1 5 15 30 60 240 1D 1W 1M")],
+    to: Annotated[
+        int, Query(description="end of the range, exclusive (Unix seconds, UTC)", ge=0, le=MAX_UNIX_SECONDS)
+    ],
+    from_: Annotated[
+        int | None,
+        Query(alias="from", description="start of the range, inclusive (Unix seconds, UTC); ignored with "
+              "countback", ge=0, le=MAX_UNIX_SECONDS),
+    ] = None,
+    countback: Annotated[
+        int | None, Query(description="the number of bars before `to` wanted", ge=1, le=udf.MAX_BARS)
+    ] = None,
+):  # fmt: skip
+    service = _service()
+    answer = udf.history(
+        service, symbol, resolution, from_, to, countback, timeout=_time_left(service)
+    )
+    http.record_answer_metrics(
+        answer.cache, provider_calls=answer.provider_calls, rows_written=answer.rows_written
+    )
+    now = time.time()
+    if answer.newest is None:
+        cache_control = http.LONG_CACHE_CONTROL
+    else:
+        cache_control = http.history_cache_control(answer.newest, now=now)
+    return http.json_response(answer.body(), cache_control=cache_control, x_cache=answer.cache)
+
+
+def _time_left(service: MarketDataService) -> float:
+    """Seconds the history answer may take: the Lambda's remaining time less the answer's margin."""
+    settings = service.settings
+    try:
+        left = app.lambda_context.get_remaining_time_in_millis() / 1000
+    except Exception:  # no Lambda context (a direct call)
+        return settings.request_timeout_seconds
+    return max(0.0, min(settings.request_timeout_seconds, left - settings.request_deadline_margin_seconds))
+
+
+@app.get(
+    "/udf/time",
+    summary="UDF server time",
+    description="The server's time, Unix seconds, as text.",
+    tags=["udf"],
+    operation_id="udfTime",
+    responses={
+        **http.ok_response(None, "Unix seconds", with_x_cache=False, content_type=content_types.TEXT_PLAIN,
+                           cache_control="always no-store"),
+        **_errors(503),
+    },
+)  # fmt: skip
+def get_time():
+    return http.json_response(
+        str(int(time.time())), cache_control=http.NO_STORE, content_type=content_types.TEXT_PLAIN
+    )
+
+
+lambda_handler = http.lambda_entry(app, operation="udf", body=_udf_error)
