@@ -21,7 +21,11 @@ Steps
 4. Each event in events/ is fed to its function in a FRESH `python3.13 -I -S -B` process whose sys.path
    is the standard library plus [the built function dir, the built layer's python dir] and nothing
    else, as on Lambda (/var/task, /opt/python). Every module the process loaded must come from those
-   places or the standard library; the API functions must not load boto3 (cold start).
+   places or the standard library; the API functions must not load boto3 (cold start). The layer's
+   bytecode must be what runs: the process counts every module it compiles from source, and none may
+   come from the layer (on Lambda /opt is read-only, so each would be compiled again at every cold
+   start), and every marketdata module's shipped .pyc must be one python3.13 uses as it is (its magic
+   number, hash-based so a zip's mtimes cannot invalidate it, the hash of the shipped source).
 
 Why an overlay for native code, and only for it
    The layer holds aarch64 binaries, which this (usually x86_64) machine cannot load. Alternatives: a
@@ -486,6 +490,50 @@ class LambdaContext:
         return max(0, int((self._deadline - time.monotonic()) * 1000))
 
 
+# Every module compiled from source in this process (no usable bytecode next to it): on Lambda, where
+# /opt is read-only, that compilation would happen again on every cold start.
+import importlib.machinery
+compiled = []
+_source_to_code = importlib.machinery.SourceFileLoader.source_to_code
+
+
+def _counted(self, data, path, *args, **kwargs):
+    compiled.append(str(path))
+    return _source_to_code(self, data, path, *args, **kwargs)
+
+
+importlib.machinery.SourceFileLoader.source_to_code = _counted
+
+
+def stale_bytecode(package_dir):
+    # The package's modules whose shipped .pyc this interpreter would not use as it is.
+    import _imp
+    import importlib.util
+    import os
+    stale = []
+    for folder, _, files in os.walk(package_dir):
+        for name in files:
+            if not name.endswith(".py"):
+                continue
+            source = os.path.join(folder, name)
+            try:
+                with open(importlib.util.cache_from_source(source), "rb") as f:
+                    header = f.read(16)
+                with open(source, "rb") as f:
+                    digest = _imp.source_hash(importlib.util._RAW_MAGIC_NUMBER, f.read())
+            except OSError:
+                stale.append(source + " (no bytecode)")
+                continue
+            flags = int.from_bytes(header[4:8], "little")
+            if header[:4] != importlib.util.MAGIC_NUMBER:
+                stale.append(source + " (bytecode of another Python)")
+            elif not flags & 1:
+                stale.append(source + " (timestamp-based: a zip's mtimes invalidate it)")
+            elif header[8:16] != digest:
+                stale.append(source + " (bytecode of another source)")
+    return stale
+
+
 out = {"stage": "import"}
 try:
     started = time.perf_counter()
@@ -511,6 +559,8 @@ finally:
         and (not str(mod.__file__).startswith(allowed) or "site-packages" in str(mod.__file__))
     )
     out["boto3_loaded"] = "boto3" in sys.modules or "botocore" in sys.modules
+    out["compiled_in_layer"] = sorted(p for p in compiled if p.startswith(layer_dir))
+    out["stale_bytecode"] = stale_bytecode(layer_dir + "/marketdata")
     with open(out_path, "w") as f:
         json.dump(out, f, default=str)
 """
@@ -529,6 +579,10 @@ class Invocation:
     foreign_modules: list[str] = field(default_factory=list)
     boto3_loaded: bool = False
     output: str = ""
+    #: Layer modules this process compiled from source (no usable .pyc shipped), and marketdata modules
+    #: whose shipped .pyc python3.13 would not use (see RUNNER).
+    compiled_in_layer: list[str] = field(default_factory=list)
+    stale_bytecode: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
         return f"{self.label} ({self.logical_id})"
@@ -605,6 +659,8 @@ def invoke(
         data.get("foreign_modules", []),
         bool(data.get("boto3_loaded")),
         output,
+        data.get("compiled_in_layer", []),
+        data.get("stale_bytecode", []),
     )
 
 
@@ -704,6 +760,13 @@ def check_import(inv: Invocation) -> None:
     expect(
         not inv.foreign_modules, inv, f"modules loaded from outside the build output: {inv.foreign_modules}"
     )
+    # The layer's bytecode is what runs: nothing from /opt is compiled at a cold start.
+    expect(
+        not inv.compiled_in_layer,
+        inv,
+        f"layer modules compiled from source (no usable .pyc shipped): {inv.compiled_in_layer[:10]}",
+    )
+    expect(not inv.stale_bytecode, inv, f"marketdata bytecode python3.13 would not use: {inv.stale_bytecode}")
 
 
 def check_ok(inv: Invocation) -> None:

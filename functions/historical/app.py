@@ -2,8 +2,9 @@
 
 A thin handler: Powertools validates the query against the declared types and bounds, the service
 does the work (`marketdata.service`), and `marketdata.http` maps errors, sets the caching headers and
-records metrics. The body is serialized once, by pydantic-core (a 5000-candle answer in a few ms),
-and handed to the resolver as a string so it is not encoded twice.
+records metrics. On a cache hit Postgres builds the candles array as JSON in the read statement and the
+handler splices it into the envelope (no bar becomes a Python object); otherwise the body is serialized
+once, by pydantic-core. Either way it is handed to the resolver as a string so it is not encoded twice.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Annotated
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver
 from aws_lambda_powertools.event_handler.openapi.params import Query
 
-from marketdata import http
+from marketdata import http, snapstart  # noqa: F401 (snapstart registers the SnapStart hooks)
 from marketdata.intervals import Interval
 from marketdata.schemas import DEFAULT_LIMIT, MAX_LIMIT, HistoryResponse
 from marketdata.service import get_service
@@ -73,16 +74,10 @@ def get_candles(
     # the resolver's response validation would re-validate and re-encode every candle.
     service = get_service()
     result = service.get_historical_candles(
-        symbol, interval, start, end, limit, include_open, timeout=http.request_timeout(app, service.settings)
+        symbol, interval, start, end, limit, include_open,
+        timeout=http.request_timeout(app, service.settings), candles_json=True,
     )
-    body = HistoryResponse(
-        symbol=result.symbol,
-        interval=result.interval,
-        asset_class=result.asset_class,
-        provider=result.provider,  # type: ignore[arg-type]
-        candles=result.candles,
-        next_start=result.next_start,
-    ).model_dump_json()
+    body = http.history_body(result)
     http.record_answer_metrics(
         result.cache, provider_calls=result.provider_calls, rows_written=result.rows_written
     )

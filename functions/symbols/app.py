@@ -12,7 +12,7 @@ from typing import Annotated
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver
 from aws_lambda_powertools.event_handler.openapi.params import Query
 
-from marketdata import http
+from marketdata import http, snapstart  # noqa: F401 (snapstart registers the SnapStart hooks)
 from marketdata.schemas import AssetClass, SymbolsResponse
 from marketdata.service import get_service
 

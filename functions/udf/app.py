@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, content_types
 from aws_lambda_powertools.event_handler.openapi.params import Query
 
-from marketdata import http, udf
+from marketdata import http, snapstart, udf  # noqa: F401 (snapstart registers the SnapStart hooks)
 
 if TYPE_CHECKING:
     from marketdata.service import MarketDataService

@@ -114,3 +114,16 @@ def test_daily_bars_are_the_providers_trading_days_dated_at_midnight_utc(service
     weeks = service.get_historical_candles("EUR/USD", "1W", start=start, end=end, limit=100)
     assert [c.time for c in weeks.candles] == [ts(2024, 3, d) for d in (4, 11, 18, 25)]
     assert weeks.cache is CacheStatus.HIT  # built from the days just cached
+
+
+@pytest.mark.parametrize("limit", [1, 3, 30])
+def test_the_last_bars_before_a_weekend_are_found_whatever_the_limit(service, fake, limit: int) -> None:
+    # Asked on Monday 00:00 for the bars up to it: the weekend (bars or not) lies between; the answer is
+    # the newest `limit` bars that exist, never fewer when more exist.
+    monday = ts(2024, 1, 15)  # winter: the market reopens Sunday 22:00 UTC, two hours before Monday
+    while weekend_populated(monday - 86400):  # a weekend without bars throughout: the long gap
+        monday -= 7 * 86400
+    end = monday - 1
+    result = service.get_historical_candles("EUR/USD", "1H", end=end, limit=limit)
+    truth = fake.expected_candles("EUR/USD", "1H", end - 14 * 86400, end)[-limit:]
+    assert result.candles == truth and len(truth) == limit

@@ -179,10 +179,18 @@ def test_sam_transform_keeps_each_routes_authorization(translated, routes, mode)
     template = translated[mode]
     body = _body(template, mode, "Body")
     _check_authorization(body, mode, routes)
-    # SAM merged each function's event into the body: every route has its own function's integration.
+    # SAM merged each function's event into the body: every route has its own function's integration,
+    # on the alias SAM moves to each published version for the functions that have one (SnapStart).
     for route in routes:
         integration = body["paths"][route.path][route.method.lower()]["x-amazon-apigateway-integration"]
-        assert f"${{{route.function}.Arn}}" in integration["uri"]["Fn::Sub"], route.key
+        alias = f"{route.function}Aliaslive"
+        if alias in template["Resources"]:
+            assert template["Resources"][alias]["Type"] == "AWS::Lambda::Alias"
+            assert f"${{{alias}}}" in integration["uri"]["Fn::Sub"], route.key
+        else:
+            assert f"${{{route.function}.Arn}}" in integration["uri"]["Fn::Sub"], route.key
+    aliased = {r.function for r in routes if f"{r.function}Aliaslive" in template["Resources"]}
+    assert aliased == {"HistoricalFunction", "SymbolsFunction", "UdfFunction"}
     assert "OPTIONS" in body["x-amazon-apigateway-cors"]["allowMethods"]  # the CORS configuration stays
     # The stack refuses jwt without issuer and audience (the Rules survive the transform).
     assert "JwtAuthNeedsIssuerAndAudience" in template["Rules"]

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from scripts import sam_template
+from tests.deploy.cfn import deployed
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = sam_template.load()
@@ -213,3 +214,29 @@ def test_events_match_routes_and_env_json_names_functions(template: dict[str, An
             names -= set(props.get("Environment", {}).get("Variables", {}))
         undeclared = sorted(names - declared_globally)
         assert not undeclared, f"env.json {section}: {undeclared} are not declared in template.yaml"
+
+
+#: The HTTP functions on SnapStart (the chart page serves static files: its init is already short).
+SNAPSTART_FUNCTIONS = ("HistoricalFunction", "SymbolsFunction", "UdfFunction")
+
+
+def test_snapstart_on_published_versions_behind_the_alias(template: dict[str, Any]) -> None:
+    parameter = template["Parameters"]["EnableSnapStart"]
+    assert parameter["Default"] == "true" and parameter["AllowedValues"] == ["true", "false"]
+    on = deployed(template)["Resources"]
+    off = deployed(template, EnableSnapStart="false")["Resources"]
+    for logical_id in SNAPSTART_FUNCTIONS:
+        props = template["Resources"][logical_id]["Properties"]
+        # The API's integrations point at the alias SAM moves to each published version; every property
+        # counts for a new version, so a new layer (its ARN) publishes (and snapshots) one too.
+        assert props["AutoPublishAlias"] == "live"
+        assert props["AutoPublishAliasAllProperties"] is True
+        assert on[logical_id]["Properties"]["SnapStart"] == {"ApplyOn": "PublishedVersions"}
+        assert off[logical_id]["Properties"]["SnapStart"] == {"ApplyOn": "None"}
+        # The handler registers the restore hooks (marketdata.snapstart) at import.
+        source = (ROOT / props["CodeUri"] / "app.py").read_text()
+        assert re.search(r"^from marketdata import .*\bsnapstart\b", source, re.MULTILINE), logical_id
+    # Functions that are not invoked through the API stay unversioned.
+    for logical_id in ("BackfillFunction", "MigrateFunction"):
+        assert "SnapStart" not in template["Resources"][logical_id]["Properties"]
+        assert "AutoPublishAlias" not in template["Resources"][logical_id]["Properties"]

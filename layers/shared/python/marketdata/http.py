@@ -61,7 +61,7 @@ from marketdata.errors import (
     UpstreamRateLimited,
 )
 from marketdata.intervals import Interval, bar_open, is_closed, next_open, parse_interval
-from marketdata.schemas import CacheStatus, ErrorResponse
+from marketdata.schemas import CacheStatus, ErrorResponse, HistoryResponse
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.event_handler import APIGatewayHttpResolver
@@ -303,10 +303,33 @@ def history_cache_control(result: HistoryResult, *, now: float) -> str:
         return LONG_CACHE_CONTROL
     interval: Interval = result.interval
     until_close = next_open(interval, bar_open(interval, int(now))) - now
-    has_open_bar = bool(result.candles) and not is_closed(interval, result.candles[-1].time, now)
+    last_time = result.last_time
+    has_open_bar = last_time is not None and not is_closed(interval, last_time, now)
     share = interval.nominal_seconds // (60 if has_open_bar else 10)
     max_age = max(MIN_MAX_AGE, min(int(until_close), share, MAX_SHORT_MAX_AGE))
     return f"public, max-age={max_age}"
+
+
+_NO_CANDLES = '"candles":[]'
+
+
+def history_body(result: HistoryResult) -> str:
+    """The 200 body of a candles answer: serialized once by pydantic-core, or, when the service built the
+    candles array in Postgres (result.candles_json), the envelope by pydantic with that text spliced in
+    (nothing decoded or re-encoded). Both give the same JSON."""
+    envelope = HistoryResponse(
+        symbol=result.symbol,
+        interval=result.interval,
+        asset_class=result.asset_class,
+        provider=result.provider,  # type: ignore[arg-type]
+        candles=[] if result.candles_json is not None else result.candles,
+        next_start=result.next_start,
+    ).model_dump_json()
+    if result.candles_json is None:
+        return envelope
+    # Symbols never contain quotes (schemas.normalize_symbol), so the marker occurs once: the field.
+    head, _, tail = envelope.partition(_NO_CANDLES)
+    return f'{head}"candles":{result.candles_json}{tail}'
 
 
 def symbols_cache_control(result: SymbolsResult, *, ttl_seconds: int) -> str:

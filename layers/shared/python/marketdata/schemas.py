@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, model_validator
 
 from marketdata.errors import InvalidRequest
 from marketdata.intervals import Interval, parse_interval
@@ -148,6 +148,17 @@ class SymbolsQuery(BaseModel):
 
 
 # --- responses ---------------------------------------------------------------------------------
+
+
+_CANDLE_JSON: TypeAdapter[Candle] | None = None
+
+
+def candle_json(candle: Candle) -> str:
+    """One candle as it appears in a HistoryResponse body (the same serializer, built on first use)."""
+    global _CANDLE_JSON
+    if _CANDLE_JSON is None:
+        _CANDLE_JSON = TypeAdapter(Candle)
+    return _CANDLE_JSON.dump_json(candle).decode()
 
 
 class HistoryResponse(BaseModel):

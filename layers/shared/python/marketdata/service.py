@@ -16,6 +16,9 @@ How one history request is answered (`MarketDataService.get_historical_candles`)
    provider call per page between them, and a repeat makes none.
 4. Answer from the store with one read. When the window held fewer bars than asked for (forex weekends,
    outages), it is widened a bounded number of times; coverage remembers empty ranges, so that is cheap.
+   The /v1/candles handler asks for the bars as JSON (candles_json=True): Postgres builds the candles
+   array in the read statement, with the count and the next bar's time the window rules need, so no bar
+   becomes a Python object; every other caller (UDF, backfill, tests) gets Candle objects as before.
 5. The still-open bar is fetched live when asked for (`include_open`), never stored, never covered.
 
 Fallbacks: the database unreachable (or not configured) -> the provider answers directly, cache=bypass.
@@ -90,8 +93,12 @@ _LISTED_REUSE_SECONDS = 60.0
 _OPEN_BAR_CLAIM_SECONDS = 5.0
 # Time kept, at the end of a request's wait for the fill lock, for reading and sending the answer.
 _ANSWER_RESERVE_SECONDS = 1.0
-# How many times a window that held too few bars is widened before answering with what it has.
-_MAX_WIDENINGS = 3
+# How many times a window that held too few bars is widened before answering with what it has. Each
+# widening at least doubles the window (2**8 times the first one at most): a forex weekend or a long halt
+# is crossed, and the provider work stays within the request's ceiling whatever the count.
+_MAX_WIDENINGS = 8
+# ... and how many of them may find no bar at all before the answer is that there are none.
+_MAX_EMPTY_WIDENINGS = 3
 # Forex has few bars from Friday 17:00 to Sunday 17:00 New York (about 2 days of 7; some weekends have
 # bars, most do not) plus a few holidays: start with 1.5 slots per wanted bar so that one window usually
 # suffices. Only an estimate: every bar the provider serves is kept, whatever the day.
@@ -765,15 +772,22 @@ class MarketDataService:
         # Forward reads peek at the bar after the answer: if it exists, it is exactly next_start.
         source.ensure(lo, hi)
         bars = source.read(lo, hi, limit, not forward)
+        empty_widenings = 0
         for _ in range(_MAX_WIDENINGS):
             if bars.count >= limit or source.failure is not None or source.stopped is not None:
                 break
             window = count_bars(interval, lo, hi)
-            # Scale by the density seen so far; with nothing yet (a weekend, before a listing) look
-            # twice as far. Either way a bounded number of times.
+            # Some bars but too few (a weekend, a halt inside the window): scale by the density seen so
+            # far, at least doubling the window. Nothing at all (before a listing): look twice as far, a
+            # few times, as cheaply as before (the provider work stays within the ceiling either way).
             found = bars.count
-            extra = math.ceil((limit - found) * window / found * 1.1) + 1 if found else 2 * window
-            extra = min(extra, 4 * slots)
+            if found:
+                extra = max(math.ceil((limit - found) * window / found * 1.1) + 1, window)
+            else:
+                empty_widenings += 1
+                if empty_widenings > _MAX_EMPTY_WIDENINGS:
+                    break
+                extra = min(2 * window, 4 * slots)
             if forward:
                 if hi >= hi_bound:
                     break

@@ -12,6 +12,10 @@ class CandleStore:
     def read_candles(self, symbol: str, interval: Interval | str, start: int, end: int, *,
                      limit: int | None = None, newest: bool = False) -> list[Candle]
         # one SELECT; ascending by time; newest=True: the LAST `limit` bars of [start, end] (still ascending)
+    def read_candles_json(self, symbol, interval, start, end, *, limit: int, newest=False, peek=False,
+                          base=None) -> CandlesJson | None
+        # the same bars as the /v1/candles JSON array, built by Postgres in one statement, with their
+        # count, newest time and (peek) the next bar's time; None when extra_float_digits < 1
     def read_coverage(self, symbol: str, interval: Interval | str, start: int, end: int
                       ) -> list[tuple[int, int]]
         # merged covered open-time ranges (inclusive) intersecting [start, end], ascending, NOT clipped
@@ -75,6 +79,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import lru_cache
 from itertools import starmap
 from typing import TYPE_CHECKING, Any
@@ -376,8 +381,8 @@ _SELECT_DESC = (
 # by the bar they fall in, on the grid of intervals.fixed_grid (width :w, offset :o; :w = 0 for calendar
 # months). Aggregates with ORDER BY keep open/close and the volume sum's term order exact.
 _RESAMPLED = """
-SELECT bucket, (array_agg(open ORDER BY open_time))[1], max(high), min(low),
-       (array_agg(close ORDER BY open_time DESC))[1], sum(volume ORDER BY open_time)
+SELECT bucket AS t, (array_agg(open ORDER BY open_time))[1] AS o, max(high) AS h, min(low) AS l,
+       (array_agg(close ORDER BY open_time DESC))[1] AS c, sum(volume ORDER BY open_time) AS v
 FROM (
     SELECT CASE WHEN CAST(:w AS bigint) = 0
                 THEN CAST(extract(epoch FROM date_trunc('month', to_timestamp(open_time) AT TIME ZONE 'UTC'))
@@ -391,10 +396,37 @@ FROM (
 ) AS b
 GROUP BY bucket
 ORDER BY bucket {order}
-LIMIT :limit
+LIMIT {limit}
 """
-_RESAMPLED_ASC = _RESAMPLED.format(order="ASC")
-_RESAMPLED_DESC = _RESAMPLED.format(order="DESC")
+_RESAMPLED_ASC = _RESAMPLED.format(order="ASC", limit=":limit")
+_RESAMPLED_DESC = _RESAMPLED.format(order="DESC", limit=":limit")
+# The same bars as the /v1/candles JSON array, built by Postgres in the read statement (read_candles_json):
+# up to :want rows of `inner` (columns t, o, h, l, c, v), of which the first :limit (in the read's order)
+# go into the array, ascending; the row after them (a forward read's peek) gives only its time. Numbers
+# are float8out text, the shortest text that parses back to the same double while extra_float_digits
+# >= 1 (the server default since Postgres 12; the statement returns the setting so that the caller can
+# tell). Stored bars are finite (validated), so every number is a valid JSON number.
+_JSON_OF = """
+WITH r AS ({inner}), k AS (SELECT t, o, h, l, c, v, row_number() OVER (ORDER BY t {order}) AS n FROM r)
+SELECT count(*) FILTER (WHERE n <= CAST(:limit AS bigint)),
+       COALESCE('[' || string_agg(
+           '{{"time":' || t || ',"open":' || o || ',"high":' || h || ',"low":' || l || ',"close":' || c
+           || ',"volume":' || v || '}}', ',' ORDER BY t) FILTER (WHERE n <= CAST(:limit AS bigint)) || ']',
+           '[]'),
+       max(t) FILTER (WHERE n <= CAST(:limit AS bigint)),
+       min(t) FILTER (WHERE n > CAST(:limit AS bigint)),
+       current_setting('extra_float_digits')
+FROM k
+"""
+_NATIVE_ROWS = (
+    "SELECT open_time AS t, open AS o, high AS h, low AS l, close AS c, volume AS v FROM ohlcv_cache"
+    " WHERE symbol = :symbol AND interval = :interval AND open_time BETWEEN :start AND :end"
+    " ORDER BY open_time {order} LIMIT :want"
+)
+_JSON_ASC = _JSON_OF.format(inner=_NATIVE_ROWS.format(order="ASC"), order="ASC")
+_JSON_DESC = _JSON_OF.format(inner=_NATIVE_ROWS.format(order="DESC"), order="DESC")
+_JSON_RESAMPLED_ASC = _JSON_OF.format(inner=_RESAMPLED.format(order="ASC", limit=":want"), order="ASC")
+_JSON_RESAMPLED_DESC = _JSON_OF.format(inner=_RESAMPLED.format(order="DESC", limit=":want"), order="DESC")
 _SELECT_COVERAGE = (
     "SELECT start_time, end_time FROM ohlcv_coverage"
     " WHERE symbol = :symbol AND interval = :interval AND start_time <= :end AND end_time >= :start"
@@ -508,6 +540,16 @@ VALUES (:asset_class,
         to_timestamp(CAST(:fetched_at AS float8)))
 ON CONFLICT (asset_class) DO UPDATE SET symbols = EXCLUDED.symbols, fetched_at = EXCLUDED.fetched_at
 """
+
+
+@dataclass(frozen=True, slots=True)
+class CandlesJson:
+    """Cached bars as the candles array of a /v1/candles body, built by Postgres (read_candles_json)."""
+
+    text: str  # '[{"time":..,"open":..,"high":..,"low":..,"close":..,"volume":..},...]', ascending
+    count: int  # bars in text
+    last_time: int | None  # open time of the newest bar in text (None when empty)
+    next_time: int | None  # peek: open time of the first bar of the range after them, else None
 
 
 def _interval_value(interval: Interval | str) -> str:
@@ -751,6 +793,58 @@ class CandleStore:
         if newest:
             rows.reverse()
         return list(starmap(Candle, rows))
+
+    def read_candles_json(
+        self,
+        symbol: str,
+        interval: Interval | str,
+        start: int,
+        end: int,
+        *,
+        limit: int,
+        newest: bool = False,
+        peek: bool = False,
+        base: Interval | None = None,
+    ) -> CandlesJson | None:
+        """The bars read_candles would return, as JSON text built by Postgres in the same one statement.
+
+        The bars are those of read_candles(..., limit=limit, newest=newest, base=base); peek (ascending
+        reads only) also reports the open time of the bar after them (a forward answer's next_start).
+        Numbers are the server's shortest round-trip text of the stored doubles. None when the server's
+        extra_float_digits is below 1 (its float text would not round-trip): use read_candles then.
+        """
+        if peek and newest:
+            raise ValueError("peek reads the bar after the answer: ascending reads only")
+        iv = parse_interval(interval)
+        want = int(limit) + (1 if peek else 0)
+        if base is None or base is iv:
+            params: dict[str, Any] = {
+                "symbol": symbol, "interval": iv.value, "start": int(start), "end": int(end),
+                "limit": int(limit), "want": want,
+            }
+            sql = _JSON_DESC if newest else _JSON_ASC
+        else:
+            first, last = intervals.base_span(iv, base, int(start), int(end))
+            width, offset = intervals.fixed_grid(iv) or (0, 0)
+            params = {
+                "symbol": symbol, "base": base.value, "start": first, "end": last, "limit": int(limit),
+                "want": want, "w": width, "o": offset,
+            }
+            sql = _JSON_RESAMPLED_DESC if newest else _JSON_RESAMPLED_ASC
+        rows, _ = self._run(sql, params)
+        count, text, last_time, next_time, float_digits = rows[0]
+        if int(float_digits) < 1:
+            logger.warning(
+                "extra_float_digits is %s: float text would not round-trip; reading bars as objects",
+                float_digits,
+            )
+            return None
+        return CandlesJson(
+            text=str(text),
+            count=int(count),
+            last_time=None if last_time is None else int(last_time),
+            next_time=None if next_time is None else int(next_time),
+        )
 
     def read_coverage(
         self, symbol: str, interval: Interval | str, start: int, end: int

@@ -1,0 +1,180 @@
+"""Lambda SnapStart: the work worth doing before the snapshot, and what a snapshot must not carry over.
+
+With SnapStart (template.yaml `EnableSnapStart`), Lambda runs a published version's init once, takes a
+snapshot of the execution environment and starts new environments from it, possibly days later and
+many at once. So, with the runtime's hooks (`snapshot_restore_py`, which Lambda provides; elsewhere it
+is absent and importing this module does nothing else):
+
+before the snapshot
+    warm what the first request would otherwise load or build after every restore: the request
+    path's lazily imported modules (the service, the store and pg8000, both provider clients and
+    httpx), the settings, the pydantic models of the package, and the validation model of every route
+    of the handler's resolver (Powertools builds it on a route's first request);
+    then forget the process state below, so none of it is in the snapshot.
+
+after restore
+    reseed `random` (retry jitter draws from it: restored copies of one snapshot would otherwise draw
+    the same backoff sequence and retry in lockstep) and forget the process state again.
+
+The process state: the service with its database connections (the cache's store and its
+`shared_store()` sibling), the provider clients with their httpx connection pools (TLS sessions to
+Binance and Twelve Data), the settings, the cached secrets and credentials together with their age
+(the database secret the store caches, the Twelve Data key Powertools Parameters caches for
+`TWELVE_DATA_KEY_MAX_AGE_SECONDS`, their boto3 clients and session), and bookkeeping measured on the
+monotonic clock (the store's "database down" back-off, Binance's request weight, the UDF price steps).
+Everything is rebuilt lazily by the first request after restore, as on a plain cold start.
+
+The handlers import this module at module level (`from marketdata import snapstart`); it imports only
+the standard library unless the hooks run, and the hooks touch only modules already loaded or warmed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import random
+import sys
+import time
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+#: Modules the first request imports lazily (see the module docstring): imported before the snapshot.
+WARM_MODULES = (
+    "marketdata.service",
+    "marketdata.store",
+    "pg8000.native",
+    "marketdata.providers.binance",
+    "marketdata.providers.twelve_data",
+)
+#: Where Lambda's Python runtime finds the handler module (template.yaml: Handler app.lambda_handler).
+HANDLER_MODULE = "app"
+
+_registered = False
+
+
+def install() -> bool:
+    """Register the hooks with the runtime when it offers them (once per process); True when registered."""
+    global _registered
+    if _registered:
+        return True
+    try:
+        from snapshot_restore_py import register_after_restore, register_before_snapshot
+    except ImportError:  # not on Lambda, or a runtime without SnapStart: nothing to do
+        return False
+    register_before_snapshot(before_snapshot)
+    register_after_restore(after_restore)
+    _registered = True
+    return True
+
+
+def before_snapshot() -> None:
+    """Warm the request path, then drop every connection, client, secret and clock-bound value."""
+    started = time.perf_counter()
+    warm()
+    forget_process_state()
+    logger.info("snapstart: warmed and cleared in %.0f ms", (time.perf_counter() - started) * 1000)
+
+
+def after_restore() -> None:
+    """A restored environment: fresh randomness, and nothing left over from the snapshot."""
+    random.seed()  # from os.urandom: every restored copy draws its own jitter
+    forget_process_state()
+
+
+# --- warming -------------------------------------------------------------------------------------------
+
+
+def warm() -> None:
+    """Best effort: a failure here is logged, never raised (the init must not fail on a warm-up)."""
+    for name in WARM_MODULES:
+        _attempt(f"import {name}", importlib.import_module, name)
+    _attempt("settings", _warm_settings)
+    _attempt("pydantic models", _warm_models)
+    handler = sys.modules.get(HANDLER_MODULE)
+    if handler is not None:
+        _attempt("routes", warm_routes, getattr(handler, "app", None))
+
+
+def _attempt(what: str, func: Any, *args: Any) -> None:
+    try:
+        func(*args)
+    except Exception as exc:
+        logger.warning("snapstart: warming %s failed (%s: %s)", what, type(exc).__name__, exc)
+
+
+def _warm_settings() -> None:
+    from marketdata.config import get_settings
+
+    get_settings()
+
+
+def _warm_models() -> None:
+    """Complete every pydantic model of the package (a model with a deferred annotation is built on
+    first use otherwise)."""
+    from pydantic import BaseModel
+
+    seen: set[type] = set()
+    for name, module in list(sys.modules.items()):
+        if not name.startswith("marketdata") or module is None:
+            continue
+        for value in list(vars(module).values()):
+            if isinstance(value, type) and issubclass(value, BaseModel) and value not in seen:
+                seen.add(value)
+                if value.__module__.startswith("marketdata"):
+                    value.model_rebuild()
+
+
+def warm_routes(resolver: Any) -> int:
+    """Build the request validation model of every route of a Powertools resolver; the number built."""
+    routes = [*getattr(resolver, "_static_routes", ()), *getattr(resolver, "_dynamic_routes", ())]
+    for route in routes:
+        route.dependant  # noqa: B018 (a cached property: building it is the point)
+        route.body_field  # noqa: B018
+    return len(routes)
+
+
+# --- what must not outlive the snapshot --------------------------------------------------------------
+
+
+def forget_process_state() -> None:
+    """Close and forget the process-wide objects of the modules already loaded (imports nothing new)."""
+    service = sys.modules.get("marketdata.service")
+    if service is not None:
+        # The service's connections (store and shared_store sibling), the default store, the provider
+        # clients and the settings.
+        service.reset_service()
+    else:
+        store_module = sys.modules.get("marketdata.store")
+        if store_module is not None:
+            store_module.reset_default_store()
+        providers = sys.modules.get("marketdata.providers")
+        if providers is not None:
+            providers.reset_providers()
+        config = sys.modules.get("marketdata.config")
+        if config is not None:
+            config.get_settings.cache_clear()
+    _forget_secrets()
+    udf = sys.modules.get("marketdata.udf")
+    if udf is not None:
+        udf.reset_precision_cache()
+
+
+def _forget_secrets() -> None:
+    store_module = sys.modules.get("marketdata.store")
+    if store_module is not None:
+        # The database secret (user, password) the store caches per ARN, without an age of its own.
+        with store_module._secret_lock:
+            store_module._secret_cache.clear()
+    constants = sys.modules.get("aws_lambda_powertools.utilities.parameters.constants")
+    if constants is not None:
+        # The Twelve Data key with its max_age, and the providers' boto3 clients (their connection pools).
+        for provider in list(constants.DEFAULT_PROVIDERS.values()):
+            provider.clear_cache()
+        constants.DEFAULT_PROVIDERS.clear()
+    boto3 = sys.modules.get("boto3")
+    if boto3 is not None:
+        boto3.DEFAULT_SESSION = None  # type: ignore[attr-defined]  # its credential cache, its clients
+
+
+install()
