@@ -113,20 +113,27 @@ def test_symbol_info_for_a_binance_symbol_plain_or_prefixed(api: Api, symbol: st
     ("symbol", "pricescale"),
     [("DOGEUSDT", 10**5), ("BNBBTC", 10**7), ("BNBBUSD", 10), ("ETHBTC", 10**5)],
 )
-def test_binance_pricescale_follows_the_symbols_tick_size(api: Api, symbol: str, pricescale: int):
+def test_binance_pricescale_follows_the_symbols_tick_size(
+    api: Api, fake_upstream: FakeUpstream, symbol: str, pricescale: int
+):
     # The fake's exchangeInfo tickSize: DOGEUSDT 0.00001, BNBBTC 0.0000001, BNBBUSD 0.1, ETHBTC 0.00001.
     answer = api.udf("symbols", symbol=symbol)
 
     assert answer.status == 200, answer.body
     assert answer.json()["pricescale"] == pricescale
+    # Straight from exchangeInfo (one request for the symbol), not read off bars.
+    info_requests = [r for r in fake_upstream.requests if r.path == "/api/v3/exchangeInfo"]
+    assert any(r.query.get("symbol") == symbol for r in info_requests)
+    assert fake_upstream.count(KLINES) == 0
 
 
 def test_symbol_info_without_bars_to_read_falls_back_to_eight_decimals(api: Api, fake_upstream: FakeUpstream):
-    fake_upstream.fail_next(50, 500, KLINES)
+    api.udf("symbols", symbol="BTCUSDT")  # the symbol list is cached: only the price step can fail below
+    fake_upstream.fail_next(100, 500, "/api/v3/")  # exchangeInfo and klines down: nothing to read it from
     answer = api.udf("symbols", symbol="SOLUSDT")
     assert answer.status == 200 and answer.json()["pricescale"] == 10**8
 
-    fake_upstream.reset()  # not remembered: the next answer reads the step off the bars
+    fake_upstream.reset()  # not remembered: the next answer asks exchangeInfo again
     assert api.udf("symbols", symbol="SOLUSDT").json()["pricescale"] == 100
 
 

@@ -336,15 +336,25 @@ def decimals(value: float) -> int:
 def _crypto_precision(service: MarketDataService, symbol: str) -> tuple[int, int]:
     """(price decimals, volume decimals) of a Binance symbol.
 
-    Binance prices are multiples of the symbol's tickSize (exchangeInfo's PRICE_FILTER), a power of ten;
-    the provider client does not pass it on, so it is read off the symbol's recent bars, which are
-    multiples of it: over a few hundred prices the finest one shows the tick's decimals. Remembered per
-    process; without bars (a listing this hour, the provider down with nothing cached) Binance's 8
-    decimals, not remembered: the symbol info never fails for want of bars.
+    From the symbol's tickSize and stepSize in exchangeInfo (the Binance client remembers them per
+    process). When Binance cannot be asked, read off the symbol's recent bars, which are multiples of
+    the tick: over a few hundred prices the finest one shows the tick's decimals. Without either (a
+    listing this hour, the provider down with nothing cached) Binance's 8 decimals, not remembered: the
+    symbol info never fails for want of them.
     """
     cached = _precision_cache.get(symbol)
     if cached is not None:
         return cached
+    from_exchange = getattr(service.providers[AssetClass.CRYPTO], "price_decimals", None)
+    if from_exchange is not None:
+        try:
+            found_there = from_exchange(symbol)
+        except MarketDataError as exc:
+            logger.warning("exchangeInfo unavailable for the price step", extra={"error": type(exc).__name__})
+        else:
+            if found_there is not None:
+                _precision_cache[symbol] = found_there
+                return found_there
     try:
         candles = service.get_historical_candles(symbol, Interval.H1, limit=_PRECISION_SAMPLE).candles
     except MarketDataError as exc:

@@ -104,6 +104,7 @@ class BinanceClient:
     ) -> None:
         self._settings = settings
         self._clock = clock
+        self._decimals: dict[str, tuple[int, int]] = {}  # price_decimals, per symbol
         self._owns_http = http is None
         self._http = RetryingHttp(
             http if http is not None else build_http_client(settings, settings.binance_rest_url),
@@ -197,6 +198,24 @@ class BinanceClient:
             else:
                 logger.info("Binance symbol %r skipped: this API cannot accept it as a symbol", symbol)
         return sorted(found)
+
+    def price_decimals(self, symbol: str) -> tuple[int, int] | None:
+        """(price decimals, quantity decimals) of `symbol`: the decimals of its exchangeInfo tickSize
+        (PRICE_FILTER) and stepSize (LOT_SIZE; 8 when absent). None when Binance does not list it.
+        One exchangeInfo request per symbol per process: they change about never."""
+        if symbol in self._decimals:
+            return self._decimals[symbol]
+        body = self._get(EXCHANGE_INFO_PATH, {"symbol": symbol}, weight=EXCHANGE_INFO_WEIGHT, symbol=symbol)
+        entries = body.get("symbols") if isinstance(body, dict) else None
+        entry = next((e for e in entries or [] if isinstance(e, dict) and e.get("symbol") == symbol), None)
+        if entry is None:
+            return None
+        filters = {f.get("filterType"): f for f in entry.get("filters") or [] if isinstance(f, dict)}
+        tick = _step_decimals(filters.get("PRICE_FILTER", {}).get("tickSize"))
+        step = _step_decimals(filters.get("LOT_SIZE", {}).get("stepSize"))
+        found = (8 if tick is None else tick, 8 if step is None else step)
+        self._decimals[symbol] = found
+        return found
 
     def close(self) -> None:
         if self._owns_http:
@@ -382,6 +401,20 @@ def _error_body(response: httpx.Response) -> tuple[int | None, str]:
 def _param_from_message(message: str) -> str | None:
     match = _PARAM_IN_MESSAGE.search(message)
     return _PARAM_NAMES.get(match.group(1)) if match else None
+
+
+def _step_decimals(step: object) -> int | None:
+    """Decimals of an exchangeInfo step ("0.01000000" -> 2, "1.00000000" -> 0), None if unreadable."""
+    if not isinstance(step, str):
+        return None
+    try:
+        value = float(step)
+    except ValueError:
+        return None
+    if not value > 0:
+        return None
+    frac = step.partition(".")[2].rstrip("0")
+    return len(frac)
 
 
 def _requestable(symbol: str) -> bool:
