@@ -328,7 +328,8 @@ def bench_provider_calls(url: str, fake: FakeUpstream) -> None:
             lambda: service.get_historical_candles(
                 "ETHUSDT", "1H", start=add_bars(H1, lo, -1200), end=last, limit=5000
             ),
-            math.ceil(1200 / 1000),
+            # The cold request filled whole pages: 3000 bars, so only 700 of the 1200 are missing.
+            math.ceil(700 / 1000),
         ),
         (
             "cold forex: EUR/USD 1H Fri-Mon (weekend inside)",
@@ -359,7 +360,7 @@ def bench_provider_calls(url: str, fake: FakeUpstream) -> None:
     print(f"    {'case':<50} {'requests':>8} {'minimum':>8} {'bars':>6} {'cache':>7}")
     for label, call, minimum in cases:
         made, result = requests(call)
-        verdict = "" if made == minimum else "  ABOVE MINIMUM"
+        verdict = "" if made <= minimum else "  ABOVE MINIMUM"
         bars, cache = len(result.candles), result.cache.value
         print(f"    {label:<50} {made:>8} {minimum:>8} {bars:>6} {cache:>7}{verdict}")
     store.close()
