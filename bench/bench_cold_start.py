@@ -5,21 +5,27 @@
 
 For each handler (every function of template.yaml: functions/historical, symbols, udf, chart, backfill,
 migrate) a FRESH interpreter is started `--runs` times with only the handler's folder added to sys.path
-and runs `import app`; a bare interpreter (`pass`) is timed the same way. Printed per handler, as medians:
+and runs `import app`; a bare interpreter (`pass`) and the naive stack (a handler written the obvious
+way: the Powertools resolver, Logger and Metrics, pydantic, httpx, pg8000 and boto3 imported at module
+level) are timed the same way, in the same rounds (each round runs every command once, in turn).
+Printed per handler, as medians:
 
   CPU-bare   user + system CPU of the whole process minus the bare interpreter's: what a cold start
              adds on top of the runtime's own start. The verdict uses this figure, because wall time
              on a shared machine mostly measures the neighbours.
   wall-bare  the same in wall time (equal to CPU-bare on an idle machine).
   import     CPU and wall time measured inside the process, around `import app` only.
+  vs naive   CPU-bare over the naive stack's CPU-bare.
 
-The target (350 ms on this machine) applies to the HTTP handlers and the backfill. When one misses it,
+Targets: each HTTP handler at most `--target-ratio` (0.5) of the naive stack; the backfill under
+`--target-ms` (350 ms on this machine). When one misses it,
 `python -X importtime` attributes the time: its heaviest imports (cumulative) are printed; `--detail`
 prints them for every handler.
 
 When `scripts/sam_check.py` has built the package (.aws-sam/sam-check/), the same is measured for the
 BUILT functions under python3.13 -I -S with the layer on sys.path, as on Lambda (bytecode shipped in
-the layer, nothing else importable).
+the layer, nothing else importable; the naive stack also gets a boto3, installed once with pip into
+.aws-sam/bench-boto3/, as Lambda's runtime has its own).
 
 No assertion here (machines are noisy): figures and a verdict for a human. Warm-up runs are discarded
 so the first run's bytecode compilation is not counted.

@@ -1639,6 +1639,7 @@ def _quiet_handle_error(request: Any, client_address: Any) -> None:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, so the clients' connection reuse is exercised
+    disable_nagle_algorithm = True  # TCP_NODELAY: no delayed-ACK stall on small keep-alive answers
     server_version = "fake-upstream/1.0"
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet: no line per request

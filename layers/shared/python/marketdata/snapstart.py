@@ -7,9 +7,10 @@ is absent and importing this module does nothing else):
 
 before the snapshot
     warm what the first request would otherwise load or build after every restore: the request
-    path's lazily imported modules (the service, the store and pg8000, both provider clients and
-    httpx), the settings, the pydantic models of the package, and the validation model of every route
-    of the handler's resolver (Powertools builds it on a route's first request);
+    path's lazily imported modules (the service, the store and pg8000, both provider clients, httpx
+    and httpcore), the settings, the provider clients' TLS context (the CA bundle: no connection in
+    it), the pydantic models of the package, and the validation model of every route of the handler's
+    resolver (Powertools builds it on a route's first request);
     then forget the process state below, so none of it is in the snapshot.
 
 after restore
@@ -46,6 +47,7 @@ WARM_MODULES = (
     "pg8000.native",
     "marketdata.providers.binance",
     "marketdata.providers.twelve_data",
+    "httpcore",  # imported by httpx's transport when the first client is built
 )
 #: Where Lambda's Python runtime finds the handler module (template.yaml: Handler app.lambda_handler).
 HANDLER_MODULE = "app"
@@ -90,6 +92,7 @@ def warm() -> None:
     for name in WARM_MODULES:
         _attempt(f"import {name}", importlib.import_module, name)
     _attempt("settings", _warm_settings)
+    _attempt("TLS context", _warm_tls)
     _attempt("pydantic models", _warm_models)
     handler = sys.modules.get(HANDLER_MODULE)
     if handler is not None:
@@ -107,6 +110,13 @@ def _warm_settings() -> None:
     from marketdata.config import get_settings
 
     get_settings()
+
+
+def _warm_tls() -> None:
+    """The provider clients' CA bundle, loaded (no connection, no session: safe in a snapshot)."""
+    from marketdata.providers.http import tls_context
+
+    tls_context()
 
 
 def _warm_models() -> None:
