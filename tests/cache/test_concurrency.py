@@ -21,12 +21,6 @@ KLINES = "/api/v3/klines"
 SERIES = "/time_series"
 
 
-@pytest.fixture
-def fake(fake_upstream):
-    fake_upstream.now = NOW
-    return fake_upstream
-
-
 def run_concurrently(database_url: str, fake: Any, request: dict[str, Any]) -> list[tuple]:
     # spawn, not fork: the parent runs the fake upstream's threads and holds open sockets.
     ctx = multiprocessing.get_context("spawn")

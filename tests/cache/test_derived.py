@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import calendar
 import random
-from collections.abc import Iterator
 
 import pytest
 
 from marketdata.intervals import Interval, add_bars, bar_open, base_span, last_closed_open, next_open
 from marketdata.resample import resample
 from marketdata.schemas import AssetClass, CacheStatus, Candle
-from marketdata.service import MarketDataService
-from marketdata.store import CandleStore
 from tests.cache.service_helpers import NOW, real_service
 from tests.support.truth import service_truth
 from tests.support.upstream_fixtures import settings_for
@@ -75,23 +72,6 @@ def test_store_builds_the_same_bars_as_resample(store, interval, base, first, co
 
 
 # --- the service end to end -----------------------------------------------------------------------
-
-
-@pytest.fixture
-def fake(fake_upstream):
-    fake_upstream.now = NOW
-    return fake_upstream
-
-
-@pytest.fixture
-def service(fake, database_url) -> Iterator[MarketDataService]:
-    settings = settings_for(fake, DATABASE_URL=database_url)
-    store = CandleStore(settings)
-    svc = real_service(settings, store, fake.clock)
-    yield svc
-    store.close()
-    for provider in svc.providers.values():
-        provider.close()
 
 
 def _intervals_stored(raw_conn, table: str = "ohlcv_cache") -> set[str]:

@@ -3,7 +3,6 @@ input. Real clients against the fake upstream, real store on Postgres."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -23,20 +22,8 @@ START = add_bars(M1, last_closed_open(M1, NOW), -9999)
 
 
 @pytest.fixture
-def fake(fake_upstream):
-    fake_upstream.now = NOW
-    return fake_upstream
-
-
-@pytest.fixture
-def stack(fake, database_url) -> Iterator[tuple[MarketDataService, CandleStore]]:
-    settings = settings_for(fake, DATABASE_URL=database_url)
-    store = CandleStore(settings)
-    service = real_service(settings, store, fake.clock)
-    yield service, store
-    store.close()
-    for provider in service.providers.values():
-        provider.close()
+def stack(service) -> tuple[MarketDataService, CandleStore]:
+    return service, service.store
 
 
 def trip(service: MarketDataService, actions: dict) -> Tripwire:

@@ -5,17 +5,13 @@ from __future__ import annotations
 
 import calendar
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from marketdata.errors import SymbolNotFound, SymbolNotInPlan
 from marketdata.schemas import CacheStatus
 from marketdata.service import MarketDataService
-from marketdata.store import CandleStore
-from tests.cache.service_helpers import NOW, real_service
 from tests.support.fake_upstream import weekend_closure, weekend_populated
-from tests.support.upstream_fixtures import settings_for
 
 SERIES = "/time_series"
 H = 3600
@@ -26,20 +22,9 @@ def ts(*args: int) -> int:
 
 
 @pytest.fixture
-def fake(fake_upstream):
-    fake_upstream.now = NOW
-    return fake_upstream
-
-
-@pytest.fixture
-def service(fake, database_url) -> Iterator[MarketDataService]:
+def service(make_service) -> MarketDataService:
     # ABC/XYZ is served by this deployment (FOREX_PAIRS) but unknown to Twelve Data: a typo in the config.
-    settings = settings_for(fake, DATABASE_URL=database_url, FOREX_PAIRS="EUR/USD,GBP/NZD,ABC/XYZ")
-    svc = real_service(settings, CandleStore(settings), fake.clock)
-    yield svc
-    svc.close()
-    for provider in svc.providers.values():
-        provider.close()
+    return make_service(FOREX_PAIRS="EUR/USD,GBP/NZD,ABC/XYZ")
 
 
 def _tables(raw_conn) -> tuple[int, int]:

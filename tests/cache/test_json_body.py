@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Iterator
 from typing import Any
 
 import pg8000.native
@@ -21,8 +20,7 @@ from marketdata.intervals import Interval, add_bars, bar_open, last_closed_open
 from marketdata.schemas import CacheStatus, Candle, HistoryResponse
 from marketdata.service import HistoryResult, MarketDataService
 from marketdata.store import CandleStore, connection_kwargs
-from tests.cache.service_helpers import NOW, real_service
-from tests.support.upstream_fixtures import settings_for
+from tests.cache.service_helpers import NOW
 
 H1, H4, M1, D1, W1 = Interval.H1, Interval.H4, Interval.M1, Interval.D1, Interval.W1
 T0 = 1_699_999_200  # 2023-11-14 22:00 UTC
@@ -175,28 +173,6 @@ def test_float_text_that_would_not_round_trip_is_refused(db_settings) -> None:
 # --- the service end to end: the same body either way -------------------------------------------------
 
 
-@pytest.fixture
-def fake(fake_upstream):
-    fake_upstream.now = NOW
-    return fake_upstream
-
-
-def _service(fake, database_url: str | None, **env: Any) -> tuple[MarketDataService, CandleStore | None]:
-    settings = settings_for(fake, **({"DATABASE_URL": database_url} if database_url else {}), **env)
-    store = CandleStore(settings) if database_url else None
-    return real_service(settings, store, fake.clock), store
-
-
-@pytest.fixture
-def service(fake, database_url) -> Iterator[MarketDataService]:
-    svc, store = _service(fake, database_url)
-    yield svc
-    assert store is not None
-    store.close()
-    for provider in svc.providers.values():
-        provider.close()
-
-
 CASES = [
     # symbol, interval, start offset in bars before the last closed bar (None: latest), limit
     ("BTCUSDT", "1H", None, 300),
@@ -238,45 +214,25 @@ def test_body_from_postgres_equals_body_from_objects(
     assert has_open == (include_open and objects.next_start is None)
 
 
-def test_partial_answer_from_postgres_equals_the_same_rows(fake, database_url) -> None:
-    # Two Twelve Data pages per request (10,000 hours): a 4H answer of 5000 bars from far back stops
-    # part way, with next_start where the rest begins.
-    svc, store = _service(fake, database_url, TWELVE_DATA_MAX_REQUESTS_PER_CALL=1)
-    assert store is not None
-    try:
-        start = add_bars(H4, last_closed_open(H4, NOW), -4000)
-        result = svc.get_historical_candles("EUR/USD", "4H", start, None, 5000, candles_json=True)
-        assert result.cache is CacheStatus.PARTIAL and result.next_start is not None
-        assert result.candles_json is not None
-        rows = store.read_candles("EUR/USD", H4, start, result.next_start - 1, base=H1)
-        assert rows and len(json.loads(result.candles_json)) == len(rows)
-        assert_same_json(http.history_body(result), reference_body(result, rows))
-    finally:
-        store.close()
-        for provider in svc.providers.values():
-            provider.close()
+def test_partial_answer_from_postgres_equals_the_same_rows(make_service) -> None:
+    # One Twelve Data page per request (4999 hours): a 4H answer of 5000 bars from far back stops part
+    # way, with next_start where the rest begins.
+    svc = make_service(TWELVE_DATA_MAX_REQUESTS_PER_CALL=1)
+    start = add_bars(H4, last_closed_open(H4, NOW), -4000)
+    result = svc.get_historical_candles("EUR/USD", "4H", start, None, 5000, candles_json=True)
+    assert result.cache is CacheStatus.PARTIAL and result.next_start is not None
+    assert result.candles_json is not None
+    rows = svc.store.read_candles("EUR/USD", H4, start, result.next_start - 1, base=H1)
+    assert rows and len(json.loads(result.candles_json)) == len(rows)
+    assert_same_json(http.history_body(result), reference_body(result, rows))
 
 
 @pytest.mark.parametrize("include_open", [False, True])
-def test_bypass_body_is_unchanged(fake, database_url, include_open: bool) -> None:
+def test_bypass_body_is_unchanged(make_service, include_open: bool) -> None:
     """Without a database the answer carries objects, and its body is pydantic's, as before."""
-    cached, store = _service(fake, database_url)
-    live, _ = _service(fake, None)
-    try:
-        warm = cached.get_historical_candles(
-            "BTCUSDT", "1H", None, None, 400, include_open, candles_json=True
-        )
-        direct = live.get_historical_candles(
-            "BTCUSDT", "1H", None, None, 400, include_open, candles_json=True
-        )
-        assert (
-            direct.cache is CacheStatus.BYPASS and direct.candles_json is None and len(direct.candles) >= 400
-        )
-        assert http.history_body(direct) == reference_body(direct, direct.candles)
-        assert_same_json(http.history_body(warm), http.history_body(direct))
-    finally:
-        assert store is not None
-        store.close()
-        for svc in (cached, live):
-            for provider in svc.providers.values():
-                provider.close()
+    cached, live = make_service(), make_service(url=None)
+    warm = cached.get_historical_candles("BTCUSDT", "1H", None, None, 400, include_open, candles_json=True)
+    direct = live.get_historical_candles("BTCUSDT", "1H", None, None, 400, include_open, candles_json=True)
+    assert direct.cache is CacheStatus.BYPASS and direct.candles_json is None and len(direct.candles) >= 400
+    assert http.history_body(direct) == reference_body(direct, direct.candles)
+    assert_same_json(http.history_body(warm), http.history_body(direct))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -27,27 +27,8 @@ M1, H1 = Interval.M1, Interval.H1
 
 
 @pytest.fixture
-def fake(fake_upstream):
-    fake_upstream.now = NOW
-    return fake_upstream
-
-
-@pytest.fixture
-def make(fake, database_url) -> Iterator[Callable[..., MarketDataService]]:
-    """Services on this test's database (each its own connections: another Lambda), with overrides."""
-    made: list[MarketDataService] = []
-
-    def build(url: str | None = None, **overrides: Any) -> MarketDataService:
-        settings = settings_for(fake, DATABASE_URL=url or database_url, **overrides)
-        service = real_service(settings, CandleStore(settings), fake.clock)
-        made.append(service)
-        return service
-
-    yield build
-    for service in made:
-        service.close()
-        for provider in service.providers.values():
-            provider.close()
+def make(make_service) -> Callable[..., MarketDataService]:
+    return make_service
 
 
 # --- the ceiling on provider work per request -------------------------------------------------------

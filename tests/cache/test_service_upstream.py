@@ -11,8 +11,6 @@ import pytest
 
 from marketdata.intervals import ALL_INTERVALS, Interval, add_bars, bar_open, last_closed_open
 from marketdata.schemas import CacheStatus, Candle
-from marketdata.service import MarketDataService
-from marketdata.store import CandleStore
 from tests.cache.service_helpers import NOW, real_service
 from tests.support.truth import service_truth
 from tests.support.upstream_fixtures import settings_for
@@ -21,23 +19,6 @@ KLINES = "/api/v3/klines"
 SERIES = "/time_series"
 H1 = Interval.H1
 LAST_H1 = last_closed_open(H1, NOW)
-
-
-@pytest.fixture
-def fake(fake_upstream):
-    fake_upstream.now = NOW
-    return fake_upstream
-
-
-@pytest.fixture
-def service(fake, database_url) -> Iterator[MarketDataService]:
-    settings = settings_for(fake, DATABASE_URL=database_url)
-    store = CandleStore(settings)
-    svc = real_service(settings, store, fake.clock)
-    yield svc
-    store.close()
-    for provider in svc.providers.values():
-        provider.close()
 
 
 def test_repeat_request_makes_no_upstream_request(service, fake) -> None:
