@@ -172,7 +172,7 @@ def get_history(
 ):  # fmt: skip
     service = _service()
     answer = udf.history(
-        service, symbol, resolution, from_, to, countback, timeout=_time_left(service)
+        service, symbol, resolution, from_, to, countback, timeout=http.request_timeout(app, service.settings)
     )
     http.record_answer_metrics(
         answer.cache, provider_calls=answer.provider_calls, rows_written=answer.rows_written
@@ -183,16 +183,6 @@ def get_history(
     else:
         cache_control = http.history_cache_control(answer.newest, now=now)
     return http.json_response(answer.body(), cache_control=cache_control, x_cache=answer.cache)
-
-
-def _time_left(service: MarketDataService) -> float:
-    """Seconds the history answer may take: the Lambda's remaining time less the answer's margin."""
-    settings = service.settings
-    try:
-        left = app.lambda_context.get_remaining_time_in_millis() / 1000
-    except Exception:  # no Lambda context (a direct call)
-        return settings.request_timeout_seconds
-    return max(0.0, min(settings.request_timeout_seconds, left - settings.request_deadline_margin_seconds))
 
 
 @app.get(

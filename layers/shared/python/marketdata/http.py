@@ -276,7 +276,7 @@ MAX_SHORT_MAX_AGE = 600
 
 def request_timeout(app: APIGatewayHttpResolver, settings: Settings) -> float:
     """Seconds the current request may take: the Lambda's remaining time less the answer's margin
-    (REQUEST_DEADLINE_MARGIN_SECONDS), or REQUEST_TIMEOUT_SECONDS outside Lambda."""
+    (REQUEST_DEADLINE_MARGIN_SECONDS), at most REQUEST_TIMEOUT_SECONDS (also what it is outside Lambda)."""
     context = getattr(app, "lambda_context", None)
     remaining = getattr(context, "get_remaining_time_in_millis", None)
     if remaining is None:
@@ -285,7 +285,7 @@ def request_timeout(app: APIGatewayHttpResolver, settings: Settings) -> float:
         left = float(remaining()) / 1000
     except (TypeError, ValueError):
         return settings.request_timeout_seconds
-    return max(0.0, left - settings.request_deadline_margin_seconds)
+    return max(0.0, min(settings.request_timeout_seconds, left - settings.request_deadline_margin_seconds))
 
 
 def history_cache_control(result: HistoryResult, *, now: float) -> str:
