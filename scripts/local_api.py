@@ -418,6 +418,14 @@ def stop_embedded_postgres(server: Any) -> None:
 
     with contextlib.suppress(subprocess.CalledProcessError, subprocess.TimeoutExpired):
         pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user, timeout=30)
+    # Stopped: the package's own exit handler would stop it again, fail (no PID file), log the failure,
+    # "kill it instead" and wait 2 s for a process that is gone. Hand our handle back and skip it.
+    import atexit
+    import os
+
+    with contextlib.suppress(Exception):
+        server.global_process_id_list.get_and_remove(os.getpid())
+    atexit.unregister(server._cleanup)
 
 
 def apply_migrations_to(database_url: str) -> list[str]:
