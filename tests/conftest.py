@@ -1,5 +1,6 @@
 """Fixtures shared by the whole suite live in tests/support/; they are registered here."""
 
+from tests.support.aws_fixtures import *  # noqa: F403
 from tests.support.postgres import *  # noqa: F403
 from tests.support.postgres import pytest_collection_finish, pytest_sessionstart  # noqa: F401
 from tests.support.upstream_fixtures import *  # noqa: F403

@@ -10,30 +10,13 @@ import sys
 import boto3
 import pytest
 from aws_lambda_powertools.utilities import parameters
-from aws_lambda_powertools.utilities.parameters import base as parameters_base
-from moto import mock_aws
 
 from marketdata.config import Settings, fetch_twelve_data_api_key
 from marketdata.errors import ConfigurationError
+from tests.support.aws_fixtures import AWS_REGION
 
-REGION = "eu-west-1"
+REGION = AWS_REGION
 KEY = "td-key-0123456789abcdef"
-
-
-@pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch):
-    """A moto account; Powertools' per-process providers and caches start empty for each test."""
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    parameters.clear_caches()
-    parameters_base.DEFAULT_PROVIDERS.clear()
-    with mock_aws():
-        yield
-    parameters.clear_caches()
-    parameters_base.DEFAULT_PROVIDERS.clear()
 
 
 def _secret(value: str, name: str = "marketdata/twelve-data") -> str:

@@ -15,14 +15,12 @@ import random
 import subprocess
 import sys
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
-from aws_lambda_powertools.utilities import parameters
-from moto import mock_aws
 
 from marketdata import snapstart
 from marketdata.config import Settings, get_settings
@@ -30,9 +28,10 @@ from marketdata.providers import get_provider
 from marketdata.service import get_service
 from scripts.gen_openapi import load_function_module
 from tests.functions.conftest import Api
+from tests.support.aws_fixtures import AWS_REGION
 
 ROOT = Path(__file__).resolve().parents[2]
-REGION = "eu-west-1"
+REGION = AWS_REGION
 
 
 class FakeRuntime(types.ModuleType):
@@ -112,19 +111,6 @@ def test_restored_environment_opens_new_connections_and_uses_nothing_stale(
     assert not alive & pids, "a connection from before the snapshot is still open"
     new_provider = get_provider("crypto")
     assert new_provider is not provider and not new_provider._http.client.is_closed  # type: ignore[attr-defined]
-
-
-@pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    parameters.clear_caches()
-    with mock_aws():
-        yield
-    parameters.clear_caches()
 
 
 def test_no_secret_read_before_the_snapshot_is_reused_after_restore(aws: None, runtime: FakeRuntime) -> None:
