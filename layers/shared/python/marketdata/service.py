@@ -67,7 +67,7 @@ from marketdata.intervals import (
     whole_bars_through,
 )
 from marketdata.limits import RequestLimitReached, RequestLimits, quota_for
-from marketdata.providers.base import FetchResult, MarketDataProvider, Page, merge_pages, source_interval
+from marketdata.providers.base import MarketDataProvider, Page, source_interval
 from marketdata.resample import resample
 from marketdata.schemas import (
     MAX_LIMIT,
@@ -282,9 +282,6 @@ class _GuardedProvider:
             close = getattr(pages, "close", None)
             if close is not None:
                 close()
-
-    def fetch_candles(self, symbol: str, interval: Interval, start: int, end: int) -> FetchResult:
-        return merge_pages(self.iter_pages(symbol, interval, start, end))
 
     def first_page(self, symbol: str, interval: Interval, start: int, end: int) -> Page | None:
         """One upstream request: the first page of [start, end] (no second request is started)."""
@@ -1117,7 +1114,7 @@ def get_service() -> MarketDataService:
         logger.error(
             "cache database not usable; every answer will come from the providers", extra={"error": str(exc)}
         )
-    return MarketDataService(store, _LazyProviders(settings), settings)
+    return MarketDataService(store, lazy_providers(settings), settings)
 
 
 def reset_service() -> None:
