@@ -483,7 +483,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     # `kill` (SIGTERM) stops as cleanly as Ctrl-C: the embedded Postgres is shut down, not orphaned.
+    # SIGINT too, explicitly: a process started in the background by a non-interactive shell inherits
+    # SIGINT ignored, and Python then never installs its Ctrl-C handler (the server would not stop).
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
 
     # EMF metrics would print a JSON blob per request; opt back in with POWERTOOLS_METRICS_DISABLED=false.
     os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
