@@ -48,8 +48,9 @@ Invocations (all in fresh processes; with a database the order matters):
    --database-url the API runs in bypass mode and the migrate function must refuse with a
    ConfigurationError.
 
-The functions and their routes are template.yaml's, read by scripts/sam_template.py (with PyYAML from
-the interpreter running this, or else from .venv-sam, which SAM brings it to).
+The functions (their routes and own environment) and the parameter names are template.yaml's, read by
+scripts/sam_template.py (with PyYAML from the interpreter running this, or else from .venv-sam, which
+SAM brings it to).
 
 --upstream-url must be the fake upstream (tests/support/fake_upstream.py); without it one is started
 in this process. --database-url should name an empty or migrated database the check may write to.
@@ -871,6 +872,19 @@ class _Run:
         ms = f"import {inv.import_ms:4.0f} ms" if inv.import_ms is not None else "no import"
         say(f"ok   {label:<24} {ms}  {_summary(inv)}")
 
+    def needs_database(self, check: Check) -> Check:
+        """`check` of a function that works on the database (migrate, backfill) once it succeeded; without
+        a database the function must refuse with a ConfigurationError instead: there is nothing to write."""
+
+        def checked(inv: Invocation) -> None:
+            if not self.has_db:
+                check_refuses_without_database(inv)
+                return
+            check_ok(inv)
+            check(inv)
+
+        return checked
+
 
 def check_api(inv: Invocation) -> None:
     """An API function answered, without loading boto3 on the request path."""
@@ -879,7 +893,6 @@ def check_api(inv: Invocation) -> None:
 
 
 def check_refuses_without_database(inv: Invocation) -> None:
-    # Without a cache there is nothing to migrate or backfill into: the function must say so.
     check_import(inv)
     got = inv.error_type or "success"
     expect(
@@ -908,10 +921,6 @@ def _migrate_step(run: _Run) -> None:
     versions = sorted((p.name.split("_")[0] for p in (ROOT / "migrations").glob("*.sql")), key=int)
 
     def migrate_first(inv: Invocation) -> None:
-        if not run.has_db:
-            check_refuses_without_database(inv)
-            return
-        check_ok(inv)
         result = inv.result
         expect(isinstance(result, dict) and {"applied", "latest"} <= set(result), inv, f"returned {result}")
         expect(set(result["applied"]) <= set(versions), inv, f"applied {result['applied']}, files {versions}")
@@ -919,7 +928,8 @@ def _migrate_step(run: _Run) -> None:
             result["latest"] == versions[-1], inv, f"latest {result['latest']}, files end at {versions[-1]}"
         )
 
-    run.step("migrate", "MigrateFunction", load_event("migrate.json"), migrate_first, timeout=120)
+    event = load_event("migrate.json")
+    run.step("migrate", "MigrateFunction", event, run.needs_database(migrate_first), timeout=120)
 
 
 def _candles_steps(run: _Run) -> None:
@@ -990,10 +1000,6 @@ def _backfill_steps(run: _Run) -> None:
     jobs = load_event("backfill_schedule.json")
 
     def backfill(inv: Invocation) -> None:
-        if not run.has_db:
-            check_refuses_without_database(inv)
-            return
-        check_ok(inv)
         result = inv.result
         summaries = result.get("jobs") if isinstance(result, dict) else None
         if not isinstance(summaries, list):
@@ -1002,7 +1008,7 @@ def _backfill_steps(run: _Run) -> None:
         bad = [j for j in summaries if str(j.get("status")) in ("failed", "invalid")]
         expect(not bad, inv, f"jobs failed: {bad}")
 
-    run.step("backfill", "BackfillFunction", jobs, backfill, timeout=120)
+    run.step("backfill", "BackfillFunction", jobs, run.needs_database(backfill), timeout=120)
     if not run.has_db:
         return
     # The first job starts on a date: the cache now answers its first three weeks by itself.

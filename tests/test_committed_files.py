@@ -1,5 +1,6 @@
-"""Committed files carry no traces of one machine: no local paths (/work, /root, /tmp), and no citations of
-files that are not in the repository (the provider facts live in docs/providers.md)."""
+"""Committed files carry no traces of one machine: no local paths (under work, root or tmp at the file
+system root), and no citations of files that are not in the repository (the provider facts live in
+docs/providers.md)."""
 
 from __future__ import annotations
 
@@ -79,9 +80,10 @@ def test_no_committed_file_cites_a_file_outside_the_repository() -> None:
 
 
 def test_the_patterns_catch_what_they_are_for() -> None:
-    assert LOCAL_PATH.search("source tree, " + "/work" + "/main/.venv/bin/python")
-    assert LOCAL_PATH.search("python3 -m venv " + "/tmp" + "/ck")
-    assert LOCAL_PATH.search("/root" + "/.pyenv/versions/3.13.0/bin/python3.13")
+    assert LOCAL_PATH.search("source tree, /" + "work/main/.venv/bin/python")
+    assert LOCAL_PATH.search("python3 -m venv /" + "tmp/ck")
+    assert LOCAL_PATH.search("/" + "root/.pyenv/versions/3.13.0/bin/python3.13")
+    assert LOCAL_PATH.search("paths under /" + "tmp, say")
     assert not LOCAL_PATH.search("arn:aws:logs:<region>:<account>:log-group:/aws/lambda/x/*")
     assert not LOCAL_PATH.search("https://example.com/tmp/x and .local/pgdata and ~/checkov-venv")
     assert MISSING_FILES.search("see " + "PROVIDERS" + ".md")
