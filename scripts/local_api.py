@@ -447,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.offline:
                 upstream = local_env.start_offline_upstream(cleanup, args.upstream_port)
                 print(f"offline: Binance and Twelve Data are the fake upstream at {upstream.url}")
-        except local_env.EmbeddedStartError as exc:
+        except local_env.LocalSetupError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
 

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.offline:
                 upstream = local_env.start_offline_upstream(cleanup)
                 local_env.say(f"offline: Binance and Twelve Data are the fake upstream at {upstream.url}")
-        except local_env.EmbeddedStartError as exc:
+        except local_env.LocalSetupError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         local_env.say(database.describe())

@@ -48,8 +48,12 @@ DEFAULT_UPSTREAM_PORT = 3001
 SYSTEM_USER = "embedded_postgres"
 
 
-class EmbeddedStartError(Exception):
-    """An embedded server could not be set up; str() is the whole message for the user."""
+class LocalSetupError(Exception):
+    """A local tool could not set up what it needs; str() is the whole message for the user."""
+
+
+class EmbeddedStartError(LocalSetupError):
+    """An embedded server could not be set up."""
 
 
 # --- embedded Postgres set-up, shared with the tests ----------------------------------------------
@@ -152,12 +156,22 @@ def in_use(pgdata: Path) -> bool:
 def start_embedded_postgres(pgdata: Path = PGDATA) -> tuple[str, Any]:
     """(URL, server handle) of the embedded Postgres on `pgdata`: created on first use and kept, started
     when it is not running, attached to when another tool started it."""
+    import subprocess
+
     embedded_postgres = import_embedded_postgres()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
-    with setup_lock():
-        if os.geteuid() == 0:
-            ensure_system_user()
-        server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
+    try:
+        with setup_lock():
+            if os.geteuid() == 0:
+                ensure_system_user()
+            server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+        output = " ".join(str(getattr(exc, "stderr", "") or "").split())[-300:]
+        raise EmbeddedStartError(
+            f"embedded Postgres in {pgdata} did not start: {exc}{': ' + output if output else ''}."
+            f" Its server log: {pgdata / 'log'}. What to do: fix what it says, or set DATABASE_URL to"
+            " another server (not with --offline)."
+        ) from None
     return server.get_uri("postgres"), server
 
 
@@ -240,7 +254,7 @@ def start_offline_upstream(cleanup: contextlib.ExitStack, port: int = 0) -> Any:
     try:
         upstream = FakeUpstream(port=port).start()
     except OSError as exc:
-        raise EmbeddedStartError(
+        raise LocalSetupError(
             f"the offline fake upstream cannot listen on port {port} ({exc.strerror}): pass"
             " --upstream-port with another port, or 0 for any free one"
         ) from None
