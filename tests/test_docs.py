@@ -55,15 +55,15 @@ def _readme_commands(prefix: str) -> list[list[str]]:
     return [shlex.split(line) for line in README.splitlines() if line.startswith(prefix)]
 
 
-def test_the_readme_backfill_command_fills_the_database_serve_uses(tmp_path, monkeypatch) -> None:
+def test_the_readme_backfill_command_fills_the_database_serve_uses(local_tool_pgdata, monkeypatch) -> None:
     """The README's `dev.py backfill --offline ...`, run as dev.py runs it, lands its bars in the database
     `serve --offline` opens (the same function decides it for both)."""
+    pgdata = local_tool_pgdata  # instead of the checkout's .local/pgdata-offline
     commands = _readme_commands("python3 scripts/dev.py backfill")
     assert any("--offline" not in c for c in commands), "README: the backfill into serve's cache"
     offline = [c for c in commands if "--offline" in c]
     assert len(offline) == 1, f"README: one `dev.py backfill --offline` command, found {offline}"
     args = offline[0][3:]
-    pgdata = tmp_path / "pgdata-offline"  # instead of the checkout's .local/pgdata-offline
     argv = dev.local_tool_argv("backfill", [*args, "--pgdata", str(pgdata)])
     assert Path(argv[1]) == ROOT / "scripts" / "local_backfill.py"
     ours = ("DATABASE_", "DB_", "BINANCE_", "TWELVE_")
@@ -100,10 +100,10 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_serve_offline_prints_its_database_and_the_fake_upstream_on_a_fixed_port(tmp_path) -> None:
+def test_serve_offline_prints_its_database_and_the_fake_upstream_on_a_fixed_port(local_tool_pgdata) -> None:
+    pgdata = local_tool_pgdata
     assert f"`http://127.0.0.1:{local_env.DEFAULT_UPSTREAM_PORT}`" in README, "README: the fake's default URL"
     port, upstream_port = _free_port(), _free_port()
-    pgdata = tmp_path / "pgdata-offline"
     args = ["--offline", "--port", str(port), "--upstream-port", str(upstream_port), "--pgdata", str(pgdata)]
     argv = dev.local_tool_argv("serve", args)
     assert Path(argv[1]) == ROOT / "scripts" / "local_api.py"

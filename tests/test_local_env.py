@@ -20,9 +20,9 @@ from tests.providers.helpers import utc
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_a_backfill_during_serve_leaves_serve_s_database_running(tmp_path: Path, monkeypatch) -> None:
+def test_a_backfill_during_serve_leaves_serve_s_database_running(local_tool_pgdata, monkeypatch) -> None:
+    pgdata = local_tool_pgdata
     monkeypatch.setenv("DATABASE_URL", "")  # open_local_database exports the URL it opens
-    pgdata = tmp_path / "pgdata-offline"
     with contextlib.ExitStack() as cleanup:
         # What serve --offline --pgdata <dir> holds while it runs.
         database = local_env.open_local_database(cleanup, offline=True, pgdata=pgdata)

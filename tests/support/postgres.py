@@ -63,6 +63,7 @@ __all__ = [
     "database_url",
     "db_settings",
     "empty_database_url",
+    "local_tool_pgdata",
     "pg_server",
     "pgbouncer",
     "pgbouncer_url",
@@ -442,6 +443,19 @@ def store(db_settings: Settings) -> Iterator[CandleStore]:
         yield candle_store
     finally:
         candle_store.close()
+
+
+@pytest.fixture
+def local_tool_pgdata() -> Iterator[Path]:
+    """A data directory for a local tool's own embedded server (dev.py serve/backfill --pgdata), removed
+    afterwards. Not under tmp_path: when root runs the tests, the server's system user must traverse its
+    parents, and any other pytest session of root's resets the shared pytest-of-root folder to 0700."""
+    parent = Path(tempfile.mkdtemp(prefix="md-local-tool-"))
+    try:
+        yield parent / "pgdata"
+    finally:
+        _stop_and_delete(parent / "pgdata")
+        shutil.rmtree(parent, ignore_errors=True)
 
 
 # --- PgBouncer ---------------------------------------------------------------------------------
