@@ -411,7 +411,10 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Serve the HTTP functions locally as API Gateway would.")
+    parser = argparse.ArgumentParser(
+        prog="python3 scripts/dev.py serve",
+        description="Serve the HTTP functions locally as API Gateway would.",
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=3000)
     parser.add_argument(
