@@ -217,9 +217,7 @@ def main() -> int:
     args = parser.parse_args()
 
     sources = {name: [str(ROOT / folder)] for name, (folder, _) in HANDLERS.items()}
-    # Interpreters by name, not path: the output is pasted into committed READMEs.
-    label = f"source tree, {Path(args.python).name} (project venv)"
-    ok = report(label, [args.python], sources, args, naive_paths=[])
+    ok = report(f"source tree, {args.python} (project venv)", [args.python], sources, args, naive_paths=[])
 
     layer = BUILT / "invoke-layer" / "python"
     if not layer.is_dir():
@@ -232,7 +230,7 @@ def main() -> int:
         }
         boto3_dir = _boto3_for(python313)
         naive = [str(layer), str(boto3_dir)] if boto3_dir else None
-        label = f"built package (sam build), {Path(python313).name} -I -S"
+        label = f"built package (sam build), {python313} -I -S"
         ok = report(label, [python313, "-I", "-S"], built, args, naive_paths=naive) and ok
     else:
         print("\n(built package not measured: run scripts/sam_check.py first)")
