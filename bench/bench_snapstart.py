@@ -113,8 +113,9 @@ def main() -> int:
             "TWELVE_DATA_REST_URL": fake.url, "TWELVE_DATA_API_KEY": "bench",
             "BINANCE_CLOSE_GRACE_SECONDS": "0",
         })  # fmt: skip
-        print(f"bench_snapstart: {sys.executable}, fake upstream, no database (bypass), CPU ms, "
-              f"medians of {args.runs} fresh processes")  # fmt: skip
+        # The interpreter by version, not path: the output is pasted into committed READMEs.
+        print(f"bench_snapstart: python {sys.version.split()[0]}, fake upstream, no database (bypass), "
+              f"CPU ms, medians of {args.runs} fresh processes")  # fmt: skip
         print(f"  {'handler':<11} {'plain cold start':>17} {'before snapshot':>16} {'after restore':>14} "
               f"{'first request':>14} {'warm request':>13}")  # fmt: skip
         for function, event in CASES.items():

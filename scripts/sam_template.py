@@ -1,6 +1,7 @@
 """template.yaml read once, for everything that must agree with it: the ONE table of functions and routes.
 
-    python scripts/sam_template.py     print the functions, their routes and the HTTP API's CORS as JSON
+    python scripts/sam_template.py     print the functions (routes, own environment), the HTTP API's CORS
+                                       and the parameter names as JSON
 
 The local API (scripts/local_api.py), the OpenAPI generation (scripts/gen_openapi.py), the build check
 (scripts/sam_check.py) and the template tests all take the functions, their HttpApi routes and the CORS
@@ -55,6 +56,8 @@ class Function:
     code_uri: str  # functions/historical
     timeout: int | None
     routes: tuple[Route, ...] = field(default=())
+    #: The function's own Environment.Variables (not Globals'), parameter references resolved.
+    environment: dict[str, Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -70,6 +73,7 @@ class Function:
 class Template:
     functions: dict[str, Function]  # logical id -> function, in template order
     cors: dict[str, Any]  # the HTTP API's CorsConfiguration, parameter references resolved
+    parameters: tuple[str, ...] = ()  # the template's parameter names, in template order
 
     @property
     def routes(self) -> list[Route]:
@@ -168,10 +172,15 @@ def load(path: Path = TEMPLATE) -> Template:
                 continue
             ev = event.get("Properties") or {}
             routes.append(Route(str(ev["Method"]).upper(), str(ev["Path"]), logical_id, event_name))
+        variables = (props.get("Environment") or {}).get("Variables") or {}
         functions[logical_id] = Function(
-            logical_id, str(props["CodeUri"]).rstrip("/"), props.get("Timeout"), tuple(routes)
+            logical_id,
+            str(props["CodeUri"]).rstrip("/"),
+            props.get("Timeout"),
+            tuple(routes),
+            _resolve(variables, parameters),
         )
-    return Template(functions, cors)
+    return Template(functions, cors, tuple(parameters))
 
 
 @lru_cache(maxsize=256)
@@ -194,6 +203,7 @@ def main() -> int:
             {
                 "functions": {k: {**asdict(f), "name": f.name} for k, f in template.functions.items()},
                 "cors": template.cors,
+                "parameters": list(template.parameters),
             },
             indent=2,
         )

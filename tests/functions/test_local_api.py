@@ -171,7 +171,7 @@ def test_a_failing_function_is_api_gateways_500_not_a_hang():
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "kill"])
 def test_the_serve_command_runs_offline_in_its_own_database_and_stops_cleanly(
-    database_url: str, tmp_path, stop_signal
+    database_url: str, tmp_path, local_tool_pgdata, stop_signal
 ):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BINANCE_", "TWELVE_DATA_"))}
     env["DATABASE_URL"] = database_url
@@ -183,7 +183,9 @@ def test_the_serve_command_runs_offline_in_its_own_database_and_stops_cleanly(
             "--port",
             "0",
             "--pgdata",
-            str(tmp_path / "pgdata"),
+            str(local_tool_pgdata),
+            "--upstream-port",
+            "0",  # not the fixed default: other runs may be serving on it
         ],
         cwd=tmp_path,
         env=env,
@@ -221,7 +223,7 @@ def test_the_serve_command_runs_offline_in_its_own_database_and_stops_cleanly(
         finally:
             conn.close()
         # And the embedded server was stopped with the service.
-        assert not (tmp_path / "pgdata" / "postmaster.pid").exists()
+        assert not (local_tool_pgdata / "postmaster.pid").exists()
     finally:
         if process.poll() is None:
             process.kill()

@@ -18,6 +18,7 @@ from marketdata.providers import get_provider, provider_for_symbol, reset_provid
 from marketdata.providers.base import (
     MarketDataProvider,
     Page,
+    ProviderClient,
     RangePlan,
     assemble_page,
     merge_pages,
@@ -232,6 +233,24 @@ def test_clients_are_constructible_from_settings_alone() -> None:
         AssetClass.FOREX,
         4999,  # 5000 rows per request: 4999 wanted bars and the one past them
     )
+
+
+@pytest.mark.parametrize("cls", [BinanceClient, TwelveDataClient])
+def test_both_clients_take_construction_fetch_candles_and_close_from_the_base(cls: type) -> None:
+    """One definition (ProviderClient): a client overrides only what differs from the other."""
+    assert issubclass(cls, ProviderClient)
+    assert not {"fetch_candles", "close"} & set(vars(cls)), f"{cls.__name__} redefines the shared methods"
+    settings = make_settings()
+    own = cls(settings)  # its own httpx client on its provider's base URL, closed by close()
+    base_url = getattr(settings, cls.base_url_field)
+    assert str(own._http.client.base_url).rstrip("/") == base_url.rstrip("/")
+    own.close()
+    assert own._http.client.is_closed
+    given = httpx.Client()
+    borrowed = cls(settings, http=given)
+    borrowed.close()
+    assert not given.is_closed, "close() closed an HTTP client the caller owns"
+    given.close()
 
 
 def test_a_closed_bar_request_with_a_dead_host_is_unavailable(fake_time: FakeTime) -> None:

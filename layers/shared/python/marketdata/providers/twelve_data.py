@@ -26,16 +26,14 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 from types import MappingProxyType
 
 import httpx
 
-from marketdata.config import Settings
 from marketdata.errors import (
     InvalidRequest,
     SymbolNotFound,
@@ -47,10 +45,9 @@ from marketdata.errors import (
 )
 from marketdata.intervals import Interval, add_bars, next_open, parse_interval
 from marketdata.providers.base import (
-    FetchResult,
     Page,
+    ProviderClient,
     assemble_page,
-    merge_pages,
     plan_range,
     upstream_number,
     validate_bar,
@@ -58,8 +55,6 @@ from marketdata.providers.base import (
 from marketdata.providers.http import (
     Budget,
     Retry,
-    RetryingHttp,
-    build_http_client,
     read_json,
     retry_after_seconds,
     seconds_to_next_minute,
@@ -109,7 +104,7 @@ _NO_DATA = object()
 _EPOCH = datetime(1970, 1, 1)
 
 
-class TwelveDataClient:
+class TwelveDataClient(ProviderClient):
     """Twelve Data REST client for forex. One instance per process (see marketdata.providers.get_provider)."""
 
     name = "twelve_data"
@@ -126,33 +121,12 @@ class TwelveDataClient:
         {Interval.H4: Interval.H1, Interval.W1: Interval.D1, Interval.MO1: Interval.D1}
     )
 
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        http: httpx.Client | None = None,
-        clock: Callable[[], float] = time.time,
-        sleep: Callable[[float], None] = time.sleep,
-        monotonic: Callable[[], float] = time.monotonic,
-        rng: Callable[[], float] = random.random,
-    ) -> None:
-        # The key is NOT read here: a missing key must fail the first forex call, not construction.
-        self._settings = settings
-        self._clock = clock
-        self._owns_http = http is None
-        self._http = RetryingHttp(
-            http if http is not None else build_http_client(settings, settings.twelve_data_rest_url),
-            settings,
-            base_url=settings.twelve_data_rest_url,
-            base_url_setting="TWELVE_DATA_REST_URL",
-            provider=self.name,
-            display_name=self.display_name,
-            sleep=sleep,
-            monotonic=monotonic,
-            rng=rng,
-        )
-        # After a 429 that was not waited out: no request before this instant (clock seconds).
-        self._paused_until = 0.0
+    base_url_field = "twelve_data_rest_url"
+    base_url_setting = "TWELVE_DATA_REST_URL"
+
+    # After a 429 that was not waited out: no request before this instant (clock seconds). Set per
+    # instance when that happens; the construction itself is ProviderClient's.
+    _paused_until = 0.0
 
     # --- public interface ----------------------------------------------------------------------
 
@@ -179,21 +153,12 @@ class TwelveDataClient:
             )
             window_start = next_open(interval, window_last)
 
-    def fetch_candles(
-        self, symbol: str, interval: Interval | str, start: int, end: int, limit: int | None = None
-    ) -> FetchResult:
-        return merge_pages(self.iter_pages(symbol, interval, start, end), limit)
-
-    fetch_timeseries = fetch_candles
+    fetch_timeseries = ProviderClient.fetch_candles  # the name Twelve Data gives them
 
     def get_available_symbols(self) -> list[str]:
         """The configured pairs (FOREX_PAIRS, default 25 majors and crosses), sorted. No request: the
         service's forex scope is this list."""
         return sorted(self._settings.forex_pairs)
-
-    def close(self) -> None:
-        if self._owns_http:
-            self._http.client.close()
 
     # --- requests ------------------------------------------------------------------------------
 
