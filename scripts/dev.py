@@ -6,6 +6,7 @@ project with its dev tools into it (again only when pyproject.toml changed), and
 
   test   runs the whole suite (ruff, mypy, then pytest on 2 workers); extra arguments go to pytest
   serve  starts the service on http://127.0.0.1:3000 (embedded Postgres unless DATABASE_URL is set)
+  openapi  rewrites openapi.json from the code (`--check`: fail when it is stale), in .venv's Python
 
 Uses only the standard library, so it runs before anything is installed.
 """
@@ -117,8 +118,14 @@ def cmd_serve(args: list[str]) -> int:
     return 0  # not reached
 
 
+def cmd_openapi(args: list[str]) -> int:
+    # scripts/gen_openapi.py imports the functions, so Powertools and pydantic: the venv's, not the system's.
+    ensure_venv()
+    return _run([str(PY), str(ROOT / "scripts" / "gen_openapi.py"), *args])
+
+
 def main() -> int:
-    commands = {"test": cmd_test, "serve": cmd_serve}
+    commands = {"test": cmd_test, "serve": cmd_serve, "openapi": cmd_openapi}
     if len(sys.argv) < 2 or sys.argv[1] not in commands:
         print(__doc__)
         return 2

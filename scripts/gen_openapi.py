@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Generate openapi.json (repository root) from the routes of every HTTP function in template.yaml.
 
-    python scripts/gen_openapi.py           write openapi.json
-    python scripts/gen_openapi.py --check   exit 1, with a diff hint, when the committed file is stale (CI)
+    python3 scripts/dev.py openapi           write openapi.json (with the project's .venv, which it makes)
+    python3 scripts/dev.py openapi --check   exit 1, with a diff hint, when the committed file is stale (CI)
+
+(`.venv/bin/python scripts/gen_openapi.py [--check]` is the same; the system Python lacks Powertools.)
 
 Each function behind the HTTP API (template.yaml, read by scripts/sam_template.py) has its own
 Powertools resolver (one Lambda each); their OpenAPI documents are merged into one, and every route
@@ -214,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         lines = diff.splitlines()
         print("\n".join(lines[:80]) + ("\n..." if len(lines) > 80 else ""))
         print(
-            f"\n{args.output.name} is stale: run `python scripts/gen_openapi.py` and commit the result",
+            f"\n{args.output.name} is stale: run `python3 scripts/dev.py openapi` and commit the result",
             file=sys.stderr,
         )
         return 1

@@ -88,7 +88,7 @@ def test_include_open_appends_the_open_bar_with_a_very_short_cache_life(
     assert open_bar is not None
     assert candles[-1]["time"] == open_bar.time
     assert len(candles) == 4
-    assert 5 <= answer.max_age() <= 1440  # a sixtieth of a day at most
+    assert 5 <= answer.max_age() <= 60  # a minute at most, even for 1D
 
 
 def test_paging_with_next_start_gives_every_bar_once_in_order(api: Api, fake_upstream: FakeUpstream):

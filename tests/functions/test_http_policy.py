@@ -167,6 +167,7 @@ def test_answers_reaching_the_present_live_until_the_bar_closes_at_most():
     open_bar = Candle(NOON, 1, 1, 1, 1)  # still open at NOON + 10
     assert max_age(Interval.H1, NOON + 10, [open_bar]) == 60  # a sixtieth of an hour
     assert max_age(Interval.M1, NOON + 10, [Candle(NOON, 1, 1, 1, 1)]) == 5
+    assert max_age(Interval.D1, NOON + 10, [open_bar]) == 60  # a minute at most, whatever the interval
 
 
 def test_symbol_lists_follow_their_ttl():

@@ -316,6 +316,10 @@ LONG_CACHE_CONTROL = "public, max-age=86400, immutable"
 MIN_MAX_AGE = 5
 #: Answers reaching the present are kept at most this long, whatever the interval.
 MAX_SHORT_MAX_AGE = 600
+#: ... and answers carrying the still-open bar (include_open) at most this long: whoever asks for the
+#: forming bar wants it current, on a 1D chart as on a 1H one (it is refetched every 2 s for Binance,
+#: every 60 s for Twelve Data: BINANCE_/TWELVE_DATA_OPEN_BAR_TTL_SECONDS).
+MAX_OPEN_BAR_MAX_AGE = 60
 
 
 def request_timeout(app: APIGatewayHttpResolver, settings: Settings) -> float:
@@ -339,7 +343,8 @@ def history_cache_control(result: HistoryResult, *, now: float) -> str:
     - entirely about the closed past: long (the bars are final).
     - reaching the present: until the current bar closes (that is when the answer changes), but no
       longer than a tenth of the interval (a provider may publish a just-closed bar a little late),
-      and with the still-open bar no longer than a sixtieth (it changes with every trade); at least 5 s.
+      at most MAX_SHORT_MAX_AGE; with the still-open bar no longer than a sixtieth of the interval (it
+      changes with every trade), at most MAX_OPEN_BAR_MAX_AGE; at least 5 s.
     """
     if result.cache is CacheStatus.PARTIAL:
         return f"public, max-age={MIN_MAX_AGE}"
@@ -349,8 +354,11 @@ def history_cache_control(result: HistoryResult, *, now: float) -> str:
     until_close = next_open(interval, bar_open(interval, int(now))) - now
     last_time = result.last_time
     has_open_bar = last_time is not None and not is_closed(interval, last_time, now)
-    share = interval.nominal_seconds // (60 if has_open_bar else 10)
-    max_age = max(MIN_MAX_AGE, min(int(until_close), share, MAX_SHORT_MAX_AGE))
+    if has_open_bar:
+        share, ceiling = interval.nominal_seconds // 60, MAX_OPEN_BAR_MAX_AGE
+    else:
+        share, ceiling = interval.nominal_seconds // 10, MAX_SHORT_MAX_AGE
+    max_age = max(MIN_MAX_AGE, min(int(until_close), share, ceiling))
     return f"public, max-age={max_age}"
 
 
