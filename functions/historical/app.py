@@ -27,8 +27,9 @@ http.register_error_handlers(app)
         "Candles for one symbol and interval, ascending by open time. `start` and `end` are inclusive bounds "
         "on the bar open time (Unix seconds, UTC). Neither bound: the latest `limit` closed bars. Only "
         "`start`: the first `limit` bars from it. Only `end`: the last `limit` bars up to it. Both: the bars "
-        "in the range, at most `limit`; `next_start` is then the `start` of the next page, or null when "
-        "nothing remains. Crypto symbols (BTCUSDT) come from Binance, forex pairs (EUR/USD) from Twelve Data."
+        "in the range, at most `limit`. With `start` (and with or without `end`), `next_start` is the `start` "
+        "of the next page, or null when nothing remains; without `start` it is null. Crypto symbols "
+        "(BTCUSDT) come from Binance, forex pairs (EUR/USD) from Twelve Data."
     ),
     tags=["candles"],
     operation_id="getCandles",
@@ -39,8 +40,8 @@ http.register_error_handlers(app)
 )
 @http.params(app, query=HistoryQuery)
 def get_candles(query: HistoryQuery):
-    # No return annotation on purpose: the body is already JSON, validated by construction below, and
-    # the resolver's response validation would re-validate and re-encode every candle.
+    # The body is already JSON, validated by construction (http.history_body): handed over as a string,
+    # it is not encoded again.
     service = get_service()
     result = service.get_historical_candles(
         query.symbol,
