@@ -27,7 +27,7 @@ http.register_error_handlers(app)
         "Candles for one symbol and interval, ascending by open time. `start` and `end` are inclusive bounds "
         "on the bar open time (Unix seconds, UTC). Neither bound: the latest `limit` closed bars. Only "
         "`start`: the first `limit` bars from it. Only `end`: the last `limit` bars up to it. Both: the bars "
-        "in the range, at most `limit`. With `start` (and with or without `end`), `next_start` is the `start` "
+        "in the range, at most `limit`. With `start` (with or without `end`), `next_start` is the `start` "
         "of the next page, or null when nothing remains; without `start` it is null. Crypto symbols "
         "(BTCUSDT) come from Binance, forex pairs (EUR/USD) from Twelve Data."
     ),

@@ -1,7 +1,7 @@
-"""What both HTTP functions share: error mapping, caching headers, response building, observability.
+"""What the HTTP functions share: parameters, error mapping, caching headers, responses, observability.
 
-This is the ONE place that turns the typed errors of `marketdata.errors` (and Powertools' request
-validation errors) into HTTP answers, so the candles and symbols functions cannot drift apart:
+This is the ONE place that turns the typed errors of `marketdata.errors` (and a query that fails its
+model, `QueryInvalid`, see `params`) into HTTP answers, so the functions cannot drift apart:
 
     InvalidRequest / InvalidInterval / bad query types  -> 400 {"message", "param"}
     SymbolNotFound                                      -> 404 {"message", "param": "symbol"}
