@@ -17,6 +17,9 @@ Printed per handler, as medians:
   import     CPU and wall time measured inside the process, around `import app` only.
   vs naive   CPU-bare over the naive stack's CPU-bare.
 
+A reference row, `pydantic+1`, times importing pydantic and building one model (what any handler that
+validates with pydantic pays at least; the naive stack builds no model).
+
 Targets: each HTTP handler at most `--target-ratio` (0.5) of the naive stack; the backfill under
 `--target-ms` (350 ms on this machine). When one misses it,
 `python -X importtime` attributes the time: its heaviest imports (cumulative) are printed; `--detail`
@@ -66,6 +69,19 @@ NAIVE_CODE = (
     "from aws_lambda_powertools import Logger, Metrics\n"
     "from aws_lambda_powertools.event_handler import APIGatewayHttpResolver\n"
     "import pydantic, httpx, pg8000.native, boto3\n"
+    "print('IMPORT_MS', (time.perf_counter() - t) * 1000, (time.process_time() - c) * 1000)\n"
+)
+#: A reference, not a target: importing pydantic and building ONE model. Every handler validates with
+#: pydantic models, and the first model built imports pydantic's schema machinery (about as much again as
+#: `import pydantic`); the naive stack builds none. This row shows that floor in the same rounds.
+PYDANTIC = "pydantic+1"
+PYDANTIC_CODE = (
+    "import sys, time\n"
+    "sys.path[:0] = {paths!r}\n"
+    "t, c = time.perf_counter(), time.process_time()\n"
+    "from pydantic import BaseModel\n"
+    "class Query(BaseModel):\n"
+    "    limit: int = 500\n"
     "print('IMPORT_MS', (time.perf_counter() - t) * 1000, (time.process_time() - c) * 1000)\n"
 )
 #: boto3 for the built package's naive baseline (Lambda's runtime brings its own; the layer has none).
@@ -161,11 +177,13 @@ def report(
     commands = {BARE: [*python, "-c", "pass"]}
     if naive_paths is not None:
         commands[NAIVE] = [*python, "-c", NAIVE_CODE.format(paths=naive_paths)]
+        commands[PYDANTIC] = [*python, "-c", PYDANTIC_CODE.format(paths=naive_paths)]
     for name, paths in path_sets.items():
         commands[name] = [*python, "-c", IMPORT_CODE.format(paths=paths)]
     timings = time_interleaved(commands, args.runs)
     bare = timings.pop(BARE)
     naive = timings.pop(NAIVE, None)
+    floor = timings.pop(PYDANTIC, None)
     naive_cpu = naive.cpu_ms - bare.cpu_ms if naive is not None else None
     print(f"\n{label}")
     print(
@@ -181,6 +199,11 @@ def report(
         imports = f"{_ms(naive.import_cpu_ms)} {_ms(naive.import_wall_ms)}"
         print(f"  {NAIVE:<11} {naive_cpu:6.1f} ms {naive.wall_ms - bare.wall_ms:7.1f} ms {imports}  1.00x"
               "   (baseline: " + NAIVE_DESCRIPTION + ")")  # fmt: skip
+    if floor is not None and naive_cpu:
+        floor_cpu = floor.cpu_ms - bare.cpu_ms
+        imports = f"{_ms(floor.import_cpu_ms)} {_ms(floor.import_wall_ms)}"
+        print(f"  {PYDANTIC:<11} {floor_cpu:6.1f} ms {floor.wall_ms - bare.wall_ms:7.1f} ms {imports} "
+              f"{floor_cpu / naive_cpu:5.2f}x   (reference: pydantic and one model)")  # fmt: skip
     all_ok = True
     for name, t in timings.items():
         paths = path_sets[name]
@@ -201,6 +224,13 @@ def report(
     return all_ok
 
 
+def _shown(python: str) -> str:
+    """The interpreter as the README can print it: relative to the repository when inside it (the
+    project venv), else its name (no local machine paths in committed output)."""
+    path = Path(python)
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else path.name
+
+
 def _ms(value: float | None) -> str:
     return f"{value:6.1f} ms" if value is not None else "       -"
 
@@ -217,7 +247,7 @@ def main() -> int:
     args = parser.parse_args()
 
     sources = {name: [str(ROOT / folder)] for name, (folder, _) in HANDLERS.items()}
-    ok = report(f"source tree, {args.python} (project venv)", [args.python], sources, args, naive_paths=[])
+    ok = report(f"source tree, {_shown(args.python)}", [args.python], sources, args, naive_paths=[])
 
     layer = BUILT / "invoke-layer" / "python"
     if not layer.is_dir():
@@ -230,7 +260,7 @@ def main() -> int:
         }
         boto3_dir = _boto3_for(python313)
         naive = [str(layer), str(boto3_dir)] if boto3_dir else None
-        label = f"built package (sam build), {python313} -I -S"
+        label = f"built package (sam build), {Path(python313).name} -I -S"
         ok = report(label, [python313, "-I", "-S"], built, args, naive_paths=naive) and ok
     else:
         print("\n(built package not measured: run scripts/sam_check.py first)")

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Developer entry point: `python3 scripts/dev.py test`, `serve` and `backfill`.
+"""Developer entry point: `python3 scripts/dev.py test`, `serve`, `backfill` and `openapi`.
 
 Needs only Python 3.11+ on the machine. It creates `.venv/` beside the repository, installs the
 project with its dev tools into it (again only when pyproject.toml changed), and then:
@@ -9,6 +9,7 @@ project with its dev tools into it (again only when pyproject.toml changed), and
             --offline: the fake upstream on port 3001, --upstream-port to change it)
   backfill  fills the cache serve answers from (the same database; --offline: the offline one), e.g.
             python3 scripts/dev.py backfill BTCUSDT:1H:2024-01-01 EUR/USD:1D --max-seconds 600
+  openapi   rewrites openapi.json from the code (`--check`: fail when it is stale), in .venv's Python
 
 Uses only the standard library, so it runs before anything is installed.
 """
@@ -137,8 +138,14 @@ def cmd_backfill(args: list[str]) -> int:
     return _run_local_tool("backfill", args)
 
 
+def cmd_openapi(args: list[str]) -> int:
+    # scripts/gen_openapi.py imports the functions, so Powertools and pydantic: the venv's, not the system's.
+    ensure_venv()
+    return _run([str(PY), str(ROOT / "scripts" / "gen_openapi.py"), *args])
+
+
 def main() -> int:
-    commands = {"test": cmd_test, "serve": cmd_serve, "backfill": cmd_backfill}
+    commands = {"test": cmd_test, "serve": cmd_serve, "backfill": cmd_backfill, "openapi": cmd_openapi}
     if len(sys.argv) < 2 or sys.argv[1] not in commands:
         print(__doc__)
         return 2

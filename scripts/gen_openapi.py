@@ -1,15 +1,19 @@
 #!/usr/bin/env python3
 """Generate openapi.json (repository root) from the routes of every HTTP function in template.yaml.
 
-    python scripts/gen_openapi.py           write openapi.json
-    python scripts/gen_openapi.py --check   exit 1, with a diff hint, when the committed file is stale (CI)
+    python3 scripts/dev.py openapi           write openapi.json (with the project's .venv, which it makes)
+    python3 scripts/dev.py openapi --check   exit 1, with a diff hint, when the committed file is stale (CI)
+
+(`.venv/bin/python scripts/gen_openapi.py [--check]` is the same; the system Python lacks Powertools.)
 
 Each function behind the HTTP API (template.yaml, read by scripts/sam_template.py) has its own
 Powertools resolver (one Lambda each); their OpenAPI documents are merged into one, and every route
-the template declares must be documented by its function (and no other). Powertools documents a 422
-"Validation Error" for every validated route; this service maps validation errors to 400 with the
-common error body instead (marketdata.http), so the 422 and the schemas nothing references any more
-are dropped from the merged document.
+the template declares must be documented by its function (and no other). A route's parameters are
+the pydantic models it declares with `marketdata.http.params` (the same models validate requests:
+the resolver itself validates nothing, see marketdata/http.py); for the document each model field
+becomes a Powertools `Query`/`Path` parameter of the route, so Powertools renders them as it always
+did. Invalid parameters are 400 with the common error body (marketdata.http), never the 422 Powertools
+documents for a route it validates itself; schemas nothing references are dropped.
 """
 
 from __future__ import annotations
@@ -17,11 +21,14 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib.util
+import inspect
 import json
 import sys
+import types
+import typing
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Annotated, Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # scripts.sam_template, when run as a script
@@ -62,12 +69,72 @@ def load_function_module(name: str, path: Path | None = None) -> ModuleType:
     return module
 
 
+#: The constraints (annotated_types attributes) that Powertools parameters document, by the same names.
+_CONSTRAINTS = ("ge", "gt", "le", "lt", "min_length", "max_length")
+
+
+def _constraints(metadata: list[Any]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for item in metadata:
+        for name in _CONSTRAINTS:
+            value = getattr(item, name, None)
+            if value is not None:
+                found[name] = value
+    return found
+
+
+def _documented_type(annotation: Any) -> tuple[Any, dict[str, Any]]:
+    """A field's type without pydantic's own metadata, and the constraints found inside it
+    (`UnixSeconds | None` is `int | None` bounded by the UnixSeconds bounds)."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in args:
+        (inner,) = [arg for arg in args if arg is not type(None)]
+        if typing.get_origin(inner) is Annotated:
+            base, *metadata = typing.get_args(inner)
+            found: dict[str, Any] = {}
+            for item in metadata:
+                found.update(_constraints(getattr(item, "metadata", [item])))
+            return base | None, found
+    return annotation, {}
+
+
+def _parameter(name: str, info: Any, kind: type) -> inspect.Parameter:
+    """One model field as the Powertools parameter that documents it."""
+    annotation, constraints = _documented_type(info.annotation)
+    constraints.update(_constraints(info.metadata))
+    options: dict[str, Any] = {"description": info.description, **constraints}
+    if info.alias:
+        options["alias"] = info.alias
+    if info.examples:
+        options["examples"] = info.examples
+    default = inspect.Parameter.empty if info.is_required() else info.default
+    documented = Annotated[annotation, kind(**options)]
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=documented)
+
+
+def declare_parameters(app: Any) -> None:
+    """Give each route function the signature Powertools documents parameters from, built from the
+    models the route declares (`marketdata.http.params`: `path_model`, `query_model`)."""
+    from aws_lambda_powertools.event_handler.openapi.params import Path as PathParam
+    from aws_lambda_powertools.event_handler.openapi.params import Query
+
+    for route in [*app._static_routes, *app._dynamic_routes]:
+        parameters = []
+        for model, kind in ((getattr(route.func, "path_model", None), PathParam),
+                            (getattr(route.func, "query_model", None), Query)):  # fmt: skip
+            if model is not None:
+                parameters += [_parameter(name, info, kind) for name, info in model.model_fields.items()]
+        route.func.__signature__ = inspect.Signature(parameters)
+        route._dependant = None  # built from the signature on first use
+
+
 def build_openapi() -> dict[str, Any]:
     """The merged OpenAPI document of every HTTP function."""
     merged: dict[str, Any] = {}
     template = sam_template.load()
     for function in template.http_functions:
         app = load_function_module(function.name, function.app_path).app
+        declare_parameters(app)
         doc = json.loads(app.get_openapi_json_schema(title=TITLE, version=VERSION, description=DESCRIPTION))
         documented = {f"{m.upper()} {path}" for path, item in doc.get("paths", {}).items() for m in item}
         declared = {route.key for route in function.routes}
@@ -88,9 +155,6 @@ def build_openapi() -> dict[str, Any]:
             if schema_name in schemas and schemas[schema_name] != schema:
                 raise ValueError(f"the functions define the schema {schema_name} differently")
             schemas[schema_name] = schema
-    for item in merged["paths"].values():
-        for operation in item.values():
-            operation.get("responses", {}).pop("422", None)
     schemas = merged.get("components", {}).get("schemas", {})
     used = _referenced_schemas(merged["paths"], schemas)
     merged["paths"] = dict(sorted(merged["paths"].items()))
@@ -152,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         lines = diff.splitlines()
         print("\n".join(lines[:80]) + ("\n..." if len(lines) > 80 else ""))
         print(
-            f"\n{args.output.name} is stale: run `python scripts/gen_openapi.py` and commit the result",
+            f"\n{args.output.name} is stale: run `python3 scripts/dev.py openapi` and commit the result",
             file=sys.stderr,
         )
         return 1

@@ -44,7 +44,7 @@ import traceback
 import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -56,37 +56,16 @@ if str(ROOT) not in sys.path:  # tests.support.fake_upstream, when run as a scri
     sys.path.insert(0, str(ROOT))
 
 from scripts import local_env, sam_template  # noqa: E402
+from scripts.lambda_context import FakeLambdaContext  # noqa: E402
 
 LambdaHandler = Callable[[dict[str, Any], Any], dict[str, Any]]
 
 TEMPLATE = sam_template.load()
 #: The routes template.yaml declares: route key -> function directory under functions/.
 ROUTES: dict[str, str] = {key: function.name for key, function in TEMPLATE.route_functions.items()}
-LAMBDA_TIMEOUT_MS = 29_000  # API Gateway's integration timeout
 
 
 # --- API Gateway emulation -------------------------------------------------------------------------
-
-
-@dataclass
-class FakeLambdaContext:
-    """The attributes of the Lambda context object that Powertools and our code read."""
-
-    function_name: str
-    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
-    memory_limit_in_mb: int = 512
-    function_version: str = "$LATEST"
-    log_group_name: str = "/aws/lambda/local"
-    log_stream_name: str = "local"
-    timeout_ms: int = LAMBDA_TIMEOUT_MS
-    _deadline: float = field(default=0.0, repr=False)
-
-    def __post_init__(self) -> None:
-        self._deadline = time.monotonic() + self.timeout_ms / 1000
-        self.invoked_function_arn = f"arn:aws:lambda:local:000000000000:function:{self.function_name}"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return max(0, int((self._deadline - time.monotonic()) * 1000))
 
 
 def to_v2_event(

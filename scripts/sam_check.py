@@ -471,29 +471,17 @@ def invocation_layer(build: Path, native: list[Distribution], python313: Path, w
 # ---------------------------------------------------------------- invoking a built function
 
 # Runs inside `python3.13 -I -S -B`: no site-packages, no PYTHONPATH, no current directory on sys.path.
-RUNNER = r"""
+# It starts with the source of scripts/lambda_context.py (standard library only): the one Lambda
+# context stand-in, which nothing from the repository could be imported for here.
+RUNNER = (Path(__file__).resolve().parent / "lambda_context.py").read_text(encoding="utf-8") + r"""
 import json, sys, time
 function_dir, layer_dir, event_path, out_path, name, timeout = sys.argv[1:7]
 stdlib = [p for p in sys.path if p]
 sys.path[:0] = [function_dir, layer_dir]
 
 
-class LambdaContext:
-    function_name = name
-    function_version = "$LATEST"
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:" + name
-    memory_limit_in_mb = 512
-    aws_request_id = "sam-check-" + name
-    log_group_name = "/aws/lambda/" + name
-    log_stream_name = "2026/01/01/[$LATEST]samcheck"
-    identity = None
-    client_context = None
-
-    def __init__(self):
-        self._deadline = time.monotonic() + float(timeout)
-
-    def get_remaining_time_in_millis(self):
-        return max(0, int((self._deadline - time.monotonic()) * 1000))
+def LambdaContext():
+    return FakeLambdaContext(name, timeout_ms=int(float(timeout) * 1000), aws_request_id="sam-check-" + name)
 
 
 # Every module compiled from source in this process (no usable bytecode next to it): on Lambda, where

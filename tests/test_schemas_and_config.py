@@ -66,8 +66,9 @@ def test_history_query_validates_range_and_limit() -> None:
     q = HistoryQuery(symbol="ethusdt", interval="1H", start=10, end=20)
     assert q.symbol == "ETHUSDT" and q.interval is Interval.H1 and q.limit == 500
     assert q.asset_class is AssetClass.CRYPTO
-    with pytest.raises(ValidationError, match="start must not be after end"):
+    with pytest.raises(InvalidRequest, match="start must not be after end") as info:
         HistoryQuery(symbol="BTCUSDT", interval="1m", start=20, end=10)
+    assert info.value.param == "start"
     for limit in (0, 5001, -1):
         with pytest.raises(ValidationError):
             HistoryQuery(symbol="BTCUSDT", interval="1m", limit=limit)

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
-from typing import Annotated
 
-from aws_lambda_powertools.event_handler import APIGatewayHttpResolver
-from aws_lambda_powertools.event_handler.openapi.params import Path as PathParam
+from pydantic import BaseModel, Field
 
 from marketdata import http
+from marketdata.resolver import APIGatewayHttpResolver
 
 STATIC = Path(__file__).resolve().parent / "static"
 PAGE = "index.html"
@@ -26,8 +25,14 @@ _TYPES = {".js": "text/javascript; charset=utf-8", ".txt": "text/plain; charset=
 #: The files /chart/{asset} serves: every versioned file in static/ (names carry the version).
 ASSETS = frozenset(p.name for p in STATIC.iterdir() if p.suffix in _TYPES)
 
-app = APIGatewayHttpResolver(enable_validation=True)
+app = APIGatewayHttpResolver()
 http.register_error_handlers(app)
+
+
+class AssetPath(BaseModel):
+    """The path parameter of /chart/{asset} (documented in openapi.json from here)."""
+
+    asset: str = Field(description="a file name the page uses")
 
 
 @cache
@@ -67,7 +72,8 @@ def get_page():
         **http.error_responses(404, 503, descriptions={404: "No such file"}),
     },
 )  # fmt: skip
-def get_asset(asset: Annotated[str, PathParam(description="a file name the page uses")]):
+@http.params(app, path=AssetPath)
+def get_asset(asset: str):
     if asset not in ASSETS:
         message = f"no chart asset {asset[:60]!r}: the page names the files it uses"
         return http.error_response(http.ApiError(404, message, "asset"))

@@ -7,16 +7,12 @@ list is served when the provider fails, with a short Cache-Control.
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from aws_lambda_powertools.event_handler import APIGatewayHttpResolver
-from aws_lambda_powertools.event_handler.openapi.params import Query
-
 from marketdata import http, snapstart  # noqa: F401 (snapstart registers the SnapStart hooks)
-from marketdata.schemas import AssetClass, SymbolsResponse
+from marketdata.resolver import APIGatewayHttpResolver
+from marketdata.schemas import SymbolsQuery, SymbolsResponse
 from marketdata.service import get_service
 
-app = APIGatewayHttpResolver(enable_validation=True)
+app = APIGatewayHttpResolver()
 http.register_error_handlers(app)
 
 
@@ -31,13 +27,10 @@ http.register_error_handlers(app)
         **http.error_responses(400, 502, 503),
     },
 )
-def get_symbols(
-    asset_class: Annotated[
-        AssetClass, Query(description="crypto (Binance pairs) or forex (Twelve Data pairs)")
-    ],
-):
+@http.params(app, query=SymbolsQuery)
+def get_symbols(query: SymbolsQuery):
     service = get_service()
-    result = service.get_symbols(asset_class)
+    result = service.get_symbols(query.asset_class)
     body = SymbolsResponse(asset_class=result.asset_class, symbols=result.symbols).model_dump_json()
     http.record_answer_metrics(result.cache)
     return http.json_response(

@@ -1,31 +1,28 @@
 """GET /udf/{config,symbols,search,history,time}: a TradingView UDF datafeed (API Gateway HTTP API, 2.0).
 
-Point TradingView's UDF adapter at `<api>/udf`. A thin handler like the others: Powertools validates
-the query, `marketdata.udf` speaks the protocol over the cache-first service, and `marketdata.http`
-maps errors (rendered in UDF's `{"s": "error", "errmsg"}` shape), sets the caching headers (history
-as for /v1/candles) and records metrics. The service is imported on the first data request only, so
-/udf/config and /udf/time answer without loading it.
+Point TradingView's UDF adapter at `<api>/udf`. A thin handler like the others: the query models of
+`marketdata.udf` validate the query, `marketdata.udf` speaks the protocol over the cache-first service,
+and `marketdata.http` maps errors (rendered in UDF's `{"s": "error", "errmsg"}` shape), sets the
+caching headers (history as for /v1/candles) and records metrics. The service is imported on the
+first data request only, so /udf/config and /udf/time answer without loading it.
 """
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Annotated
-
-from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, content_types
-from aws_lambda_powertools.event_handler.openapi.params import Query
+from typing import TYPE_CHECKING
 
 from marketdata import http, snapstart, udf  # noqa: F401 (snapstart registers the SnapStart hooks)
+from marketdata.resolver import APIGatewayHttpResolver, content_types
+from marketdata.schemas import UNIX_SECONDS_HELP
 
 if TYPE_CHECKING:
     from marketdata.service import MarketDataService
 
-MAX_UNIX_SECONDS = 32503680000  # year 3000, as schemas.UnixSeconds
-UNIX_SECONDS = "Unix seconds (an integer from 0 to 32503680000)"
 PARAM_HELP = {
     "resolution": f"one of {', '.join(udf.SUPPORTED_RESOLUTIONS)}",
-    "from": UNIX_SECONDS,
-    "to": UNIX_SECONDS,
+    "from": UNIX_SECONDS_HELP,
+    "to": UNIX_SECONDS_HELP,
     "countback": f"an integer from 1 to {udf.MAX_BARS} (one answer holds at most {udf.MAX_BARS} bars: "
     "ask for fewer)",
     "limit": f"an integer from 1 to {udf.MAX_SEARCH_LIMIT}",
@@ -44,19 +41,11 @@ ERRORS = {
 }
 
 
-#: The `symbol` parameter of /udf/symbols and /udf/history.
-SymbolQuery = Annotated[
-    str,
-    Query(description="BTCUSDT, BINANCE:BTCUSDT, EUR/USD or TWELVEDATA:EUR/USD", min_length=1, max_length=80,
-          examples=["BINANCE:BTCUSDT"]),
-]  # fmt: skip
-
-
 def _udf_error(error: http.ApiError) -> str:
     return udf.error_body(error.status, error.message, error.param)
 
 
-app = APIGatewayHttpResolver(enable_validation=True)
+app = APIGatewayHttpResolver()
 http.register_error_handlers(app, body=_udf_error, param_help=PARAM_HELP)
 
 
@@ -107,9 +96,10 @@ def get_config():
         **_errors(400, 404, 502, 503),
     },
 )  # fmt: skip
-def get_symbol(symbol: SymbolQuery):
+@http.params(app, query=udf.UdfSymbolQuery)
+def get_symbol(query: udf.UdfSymbolQuery):
     return http.json_response(
-        _json(udf.symbol_info(_service(), symbol)), cache_control=SYMBOLS_CACHE_CONTROL
+        _json(udf.symbol_info(_service(), query.symbol)), cache_control=SYMBOLS_CACHE_CONTROL
     )
 
 
@@ -126,15 +116,9 @@ def get_symbol(symbol: SymbolQuery):
         **_errors(400, 502, 503),
     },
 )  # fmt: skip
-def get_search(
-    query: Annotated[str, Query(description="part of a symbol, e.g. btc or eurusd", max_length=64)] = "",
-    type: Annotated[str, Query(description="crypto, forex, or empty for both", max_length=16)] = "",
-    exchange: Annotated[str, Query(description="BINANCE, TWELVEDATA, or empty for both", max_length=16)] = "",
-    limit: Annotated[
-        int, Query(description="maximum number of results", ge=1, le=udf.MAX_SEARCH_LIMIT)
-    ] = udf.DEFAULT_SEARCH_LIMIT,
-):
-    found = udf.search(_service(), query, type, exchange, limit)
+@http.params(app, query=udf.UdfSearchQuery)
+def get_search(query: udf.UdfSearchQuery):
+    found = udf.search(_service(), query.query, query.type, query.exchange, query.limit)
     return http.json_response(_json(found), cache_control=SYMBOLS_CACHE_CONTROL)
 
 
@@ -155,25 +139,13 @@ def get_search(
         **_errors(400, 403, 404, 502, 503),
     },
 )
-def get_history(
-    symbol: SymbolQuery,
-    resolution: Annotated[udf.Resolution, Query(description="1 5 15 30 60 240 1D 1W 1M")],
-    to: Annotated[
-        int, Query(description="end of the range, exclusive (Unix seconds, UTC)", ge=0, le=MAX_UNIX_SECONDS)
-    ],
-    from_: Annotated[
-        int | None,
-        Query(alias="from", description="start of the range, inclusive (Unix seconds, UTC); ignored with "
-              "countback", ge=0, le=MAX_UNIX_SECONDS),
-    ] = None,
-    countback: Annotated[
-        int | None, Query(description="the number of bars before `to` wanted", ge=1, le=udf.MAX_BARS)
-    ] = None,
-):  # fmt: skip
+@http.params(app, query=udf.UdfHistoryQuery)
+def get_history(query: udf.UdfHistoryQuery):
     service = _service()
     answer = udf.history(
-        service, symbol, resolution, from_, to, countback, timeout=http.request_timeout(app, service.settings)
-    )
+        service, query.symbol, query.resolution, query.from_, query.to, query.countback,
+        timeout=http.request_timeout(app, service.settings),
+    )  # fmt: skip
     http.record_answer_metrics(
         answer.cache, provider_calls=answer.provider_calls, rows_written=answer.rows_written
     )

@@ -18,6 +18,7 @@ from marketdata.config import get_settings
 from marketdata.errors import InvalidRequest
 from marketdata.intervals import Interval, first_open_at_or_after
 from marketdata.store import CandleStore
+from scripts.lambda_context import FakeLambdaContext
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.upstream_fixtures import TEST_TWELVE_DATA_API_KEY
 
@@ -25,22 +26,14 @@ ROOT = Path(__file__).resolve().parents[2]
 EVENTS = ROOT / "events"
 
 
-class LambdaContext:
-    """The attributes Powertools reads, and the remaining time the handler budgets with."""
+def context(remaining_ms: int) -> FakeLambdaContext:
+    """A context with a fixed remaining time (its clock stands still) and a known request id."""
+    return FakeLambdaContext(
+        "marketdata-backfill", timeout_ms=remaining_ms, aws_request_id=REQUEST_ID, clock=lambda: 0.0
+    )
 
-    function_name = "marketdata-backfill"
-    function_version = "$LATEST"
-    invoked_function_arn = "arn:aws:lambda:eu-west-1:123456789012:function:marketdata-backfill"
-    memory_limit_in_mb = 512
-    aws_request_id = "6f0d4c52-3b1e-4f55-9a6c-0b0a3c2f1d77"
-    log_group_name = "/aws/lambda/marketdata-backfill"
-    log_stream_name = "2024/05/15/[$LATEST]abc"
 
-    def __init__(self, remaining_ms: int) -> None:
-        self.remaining_ms = remaining_ms
-
-    def get_remaining_time_in_millis(self) -> int:
-        return self.remaining_ms
+REQUEST_ID = "6f0d4c52-3b1e-4f55-9a6c-0b0a3c2f1d77"
 
 
 def _load_handler() -> ModuleType:
@@ -111,7 +104,7 @@ def test_schedule_invocation_returns_and_logs_the_summary(
         ]
     }
 
-    summary = app.lambda_handler(event, LambdaContext(remaining_ms=120_000))
+    summary = app.lambda_handler(event, context(remaining_ms=120_000))
 
     statuses = [(j["symbol"], j["status"]) for j in summary["jobs"]]
     assert statuses == [
@@ -145,7 +138,7 @@ def test_schedule_invocation_returns_and_logs_the_summary(
     logs = [json.loads(line) for line in out.splitlines() if line.startswith("{") and '"_aws"' not in line]
     finished = [entry for entry in logs if entry.get("message") == "backfill run finished"]
     assert len(finished) == 1 and finished[0]["totals"] == summary["totals"]
-    assert finished[0]["function_request_id"] == LambdaContext.aws_request_id
+    assert finished[0]["function_request_id"] == REQUEST_ID
     per_job = [entry["backfill_job"] for entry in logs if "backfill_job" in entry]
     assert [j["status"] for j in per_job] == ["complete", "complete", "failed", "invalid"]
 
@@ -153,7 +146,7 @@ def test_schedule_invocation_returns_and_logs_the_summary(
 def test_the_committed_schedule_event_runs(handler_env: FakeUpstream) -> None:
     app = _load_handler()
     event = json.loads((EVENTS / "backfill_schedule.json").read_text())
-    summary = app.lambda_handler(event, LambdaContext(remaining_ms=120_000))
+    summary = app.lambda_handler(event, context(remaining_ms=120_000))
     assert [j["status"] for j in summary["jobs"]] == ["complete"] * len(event["jobs"])
 
 
@@ -161,7 +154,7 @@ def test_too_little_remaining_time_defers_every_job(handler_env: FakeUpstream) -
     app = _load_handler()
     event = {"jobs": [{"symbol": "BTCUSDT", "interval": "1H"}, {"symbol": "EUR/USD", "interval": "1H"}]}
     # 15 s left, 20 s safety margin: no page may start.
-    summary = app.lambda_handler(event, LambdaContext(remaining_ms=15_000))
+    summary = app.lambda_handler(event, context(remaining_ms=15_000))
     assert [j["status"] for j in summary["jobs"]] == ["deferred", "deferred"]
     assert handler_env.count() == 0
 
@@ -172,6 +165,6 @@ def test_an_event_that_is_not_a_jobs_document_fails_the_invocation(
 ) -> None:
     app = _load_handler()
     with pytest.raises(InvalidRequest, match="jobs"):
-        app.lambda_handler(event, LambdaContext(remaining_ms=60_000))
+        app.lambda_handler(event, context(remaining_ms=60_000))
     assert handler_env.count() == 0
     assert _emf_metrics(capsys.readouterr().out)["BackfillInputRejected"] == 1

@@ -14,6 +14,7 @@ import pytest
 
 from marketdata.config import get_settings
 from marketdata.migrate import load_migrations
+from scripts.lambda_context import FakeLambdaContext
 
 ROOT = Path(__file__).resolve().parents[2]
 VERSIONS = [m.version for m in load_migrations(ROOT / "migrations")]
@@ -27,17 +28,8 @@ def _load_handler() -> Any:
     return module
 
 
-class Context:
-    function_name = "MigrateFunction"
-    function_version = "$LATEST"
-    invoked_function_arn = "arn:aws:lambda:eu-west-1:123456789012:function:MigrateFunction"
-    memory_limit_in_mb = 256
-    aws_request_id = "test-request"
-    log_group_name = "/aws/lambda/test/migrate"
-    log_stream_name = "2026/01/01/[$LATEST]test"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 300_000
+def context() -> FakeLambdaContext:
+    return FakeLambdaContext("MigrateFunction", timeout_ms=300_000, aws_request_id="test-request")
 
 
 @pytest.fixture
@@ -100,15 +92,15 @@ def _cfn_event(request_type: str, url: str, **extra: Any) -> dict[str, Any]:
 def test_direct_invocation_applies_then_finds_nothing(empty_database_url: str, use_database) -> None:
     use_database(empty_database_url)
     app = _load_handler()
-    assert app.lambda_handler({}, Context()) == {"applied": VERSIONS, "latest": VERSIONS[-1]}
-    assert app.lambda_handler({}, Context()) == {"applied": [], "latest": VERSIONS[-1]}
+    assert app.lambda_handler({}, context()) == {"applied": VERSIONS, "latest": VERSIONS[-1]}
+    assert app.lambda_handler({}, context()) == {"applied": [], "latest": VERSIONS[-1]}
 
 
 def test_direct_invocation_without_database_raises(use_database) -> None:
     use_database(None)
     app = _load_handler()
     with pytest.raises(app.ConfigurationError, match="DB_HOST"):
-        app.lambda_handler({}, Context())
+        app.lambda_handler({}, context())
 
 
 def test_custom_resource_create_migrates_and_reports_success(
@@ -117,7 +109,7 @@ def test_custom_resource_create_migrates_and_reports_success(
     url, received = response_url
     use_database(empty_database_url)
     app = _load_handler()
-    app.lambda_handler(_cfn_event("Create", url), Context())
+    app.lambda_handler(_cfn_event("Create", url), context())
     assert len(received) == 1
     body = received[0]["body"]
     assert body["Status"] == "SUCCESS"
@@ -134,7 +126,7 @@ def test_custom_resource_create_migrates_and_reports_success(
 
     # An Update (new layer version) on the migrated database: success, nothing applied, same resource.
     update = _cfn_event("Update", url, PhysicalResourceId=app.PHYSICAL_RESOURCE_ID)
-    app.lambda_handler(update, Context())
+    app.lambda_handler(update, context())
     assert received[1]["body"]["Status"] == "SUCCESS"
     assert received[1]["body"]["Data"]["Applied"] == ""
     assert received[1]["body"]["PhysicalResourceId"] == app.PHYSICAL_RESOURCE_ID
@@ -144,7 +136,7 @@ def test_custom_resource_failure_is_reported_not_left_hanging(use_database, resp
     url, received = response_url
     use_database(None)  # the handler fails; CloudFormation must still hear about it
     app = _load_handler()
-    outcome = app.lambda_handler(_cfn_event("Create", url), Context())
+    outcome = app.lambda_handler(_cfn_event("Create", url), context())
     assert outcome["Status"] == "FAILED"
     assert [r["body"]["Status"] for r in received] == ["FAILED"]
     assert "DB_HOST" in received[0]["body"]["Reason"]
@@ -155,6 +147,6 @@ def test_custom_resource_delete_touches_nothing(use_database, response_url) -> N
     use_database(None)  # no database needed (or reachable) to delete the stack
     app = _load_handler()
     delete = _cfn_event("Delete", url, PhysicalResourceId="marketdata-database-migrations")
-    app.lambda_handler(delete, Context())
+    app.lambda_handler(delete, context())
     assert [r["body"]["Status"] for r in received] == ["SUCCESS"]
     assert received[0]["body"]["PhysicalResourceId"] == "marketdata-database-migrations"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+import pytest
 
 from marketdata import http
 from marketdata.errors import (
@@ -18,7 +18,7 @@ from marketdata.errors import (
     UpstreamUnavailable,
 )
 from marketdata.intervals import Interval
-from marketdata.schemas import AssetClass, CacheStatus, Candle
+from marketdata.schemas import AssetClass, CacheStatus, Candle, HistoryQuery, SymbolsQuery
 from marketdata.service import HistoryResult, SymbolsResult
 
 NOON = 1704110400  # 2024-01-01T12:00:00Z
@@ -93,18 +93,11 @@ def test_retry_after_is_whole_seconds_rounded_up_with_a_default():
 
 
 def test_validation_errors_name_the_first_parameter():
-    missing = RequestValidationError(
-        [{"loc": ("query", "symbol"), "type": "missing", "msg": "Field required"}]
-    )
-    too_big = RequestValidationError(
-        [
-            {"loc": ("query", "limit"), "type": "less_than_equal", "msg": "Input should be <= 5000"},
-            {"loc": ("query", "start"), "type": "int_parsing", "msg": "bad"},
-        ]
-    )
-    interval = RequestValidationError(
-        [{"loc": ("query", "interval"), "type": "enum", "msg": "x", "input": "1d"}]
-    )
+    missing = [{"loc": ("symbol",), "type": "missing", "msg": "Field required"}]
+    too_big = [
+        {"loc": ("limit",), "type": "less_than_equal", "msg": "Input should be <= 5000"},
+        {"loc": ("start",), "type": "int_parsing", "msg": "bad"},
+    ]
 
     assert http.error_for_validation(missing) == http.ApiError(
         400, "symbol is required: a symbol such as BTCUSDT or EUR/USD", "symbol"
@@ -112,9 +105,40 @@ def test_validation_errors_name_the_first_parameter():
     error = http.error_for_validation(too_big)
     assert (error.status, error.param) == (400, "limit")
     assert "1 to 5000" in error.message and "1 more problem" in error.message
-    error = http.error_for_validation(interval)
-    assert error.param == "interval" and "'1D'" in error.message
-    assert http.error_for_validation(RequestValidationError([])).status == 400
+    assert http.error_for_validation([]).status == 400
+
+
+@pytest.mark.parametrize(
+    ("query", "param", "words"),
+    [
+        # A domain parser's message, hints included, reaches the user as it is.
+        ({"symbol": "BTCUSDT", "interval": "1d"}, "interval", "'1D'"),
+        ({"symbol": "BTC USDT", "interval": "1H"}, "symbol", "a crypto pair like BTCUSDT"),
+        ({"symbol": "BTCUSDT", "interval": "1H", "include_open": "yes"}, "include_open", "true or false"),
+        ({"symbol": "BTCUSDT", "interval": "1H", "start": "5", "end": "4"}, "start", "not be after end"),
+        ({"symbol": "BTCUSDT", "interval": "1H", "limit": "5001"}, "limit", "1 to 5000"),
+    ],
+)
+def test_the_query_models_errors_become_400s_naming_the_parameter(query, param, words):
+    try:
+        http.parse_params(HistoryQuery, query)
+    except Exception as exc:
+        error = http.error_for_exception(exc)
+    else:
+        pytest.fail("accepted")
+    assert (error.status, error.param) == (400, param)
+    assert words in error.message and "pydantic" not in error.message.lower()
+
+
+def test_the_query_models_take_what_the_readme_says():
+    query = http.parse_params(HistoryQuery, {"symbol": "btcusdt", "interval": "1H", "include_open": "true"})
+    assert query.include_open is True and query.symbol == "BTCUSDT" and query.limit == 500
+    assert http.parse_params(HistoryQuery, {"symbol": "X", "interval": "1H", "other": "1"}).symbol == "X"
+    for spelling in ("yes", "1", "TRUE", "on", ""):
+        with pytest.raises(http.QueryInvalid):
+            http.parse_params(HistoryQuery, {"symbol": "X", "interval": "1H", "include_open": spelling})
+    for spelling in ("FOREX", "Forex", " forex "):
+        assert http.parse_params(SymbolsQuery, {"asset_class": spelling}).asset_class is AssetClass.FOREX
 
 
 def test_closed_past_answers_are_cached_for_a_day():
@@ -143,6 +167,7 @@ def test_answers_reaching_the_present_live_until_the_bar_closes_at_most():
     open_bar = Candle(NOON, 1, 1, 1, 1)  # still open at NOON + 10
     assert max_age(Interval.H1, NOON + 10, [open_bar]) == 60  # a sixtieth of an hour
     assert max_age(Interval.M1, NOON + 10, [Candle(NOON, 1, 1, 1, 1)]) == 5
+    assert max_age(Interval.D1, NOON + 10, [open_bar]) == 60  # a minute at most, whatever the interval
 
 
 def test_symbol_lists_follow_their_ttl():

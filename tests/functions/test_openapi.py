@@ -14,7 +14,7 @@ from scripts import gen_openapi, sam_template
 
 def test_the_committed_document_matches_the_code():
     ok, diff = gen_openapi.check()
-    assert ok, f"openapi.json is stale; run `python scripts/gen_openapi.py`:\n{diff[:3000]}"
+    assert ok, f"openapi.json is stale; run `python3 scripts/dev.py openapi`:\n{diff[:3000]}"
 
 
 def test_check_reports_a_stale_document_with_a_diff(tmp_path: Path):

@@ -62,7 +62,7 @@ from marketdata.intervals import (
     last_closed_open,
 )
 from marketdata.providers.base import Page
-from marketdata.schemas import IntervalField, SymbolField
+from marketdata.schemas import MAX_UNIX_SECONDS, IntervalField, SymbolField
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -74,8 +74,6 @@ logger = logging.getLogger(__name__)
 Clock = Callable[[], float]
 Sleep = Callable[[float], None]
 
-# Same ceiling as schemas.UnixSeconds (year 3000).
-_MAX_UNIX = 32503680000
 # Unix seconds stay below 1e11 until the year 5138: a bigger number is almost surely milliseconds.
 _MILLISECONDS_FROM = 10**11
 # Rate-limit waits in a row with no page stored in between, after which the job is deferred: a limit
@@ -106,7 +104,7 @@ def parse_since(value: object) -> int:
         seconds = _unix_seconds(int(text)) if re.fullmatch(r"[0-9]+", text) else _parse_iso(text)
     else:
         raise ValueError(f"since must be {_SINCE_FORMS}, not {type(value).__name__}")
-    if not 0 <= seconds <= _MAX_UNIX:
+    if not 0 <= seconds <= MAX_UNIX_SECONDS:
         raise ValueError(f"since must be between 1970-01-01 and 3000-01-01, got {seconds}")
     return seconds
 

@@ -1,7 +1,7 @@
-"""What both HTTP functions share: error mapping, caching headers, response building, observability.
+"""What the HTTP functions share: parameters, error mapping, caching headers, responses, observability.
 
-This is the ONE place that turns the typed errors of `marketdata.errors` (and Powertools' request
-validation errors) into HTTP answers, so the candles and symbols functions cannot drift apart:
+This is the ONE place that turns the typed errors of `marketdata.errors` (and a query that fails its
+model, `QueryInvalid`, see `params`) into HTTP answers, so the functions cannot drift apart:
 
     InvalidRequest / InvalidInterval / bad query types  -> 400 {"message", "param"}
     SymbolNotFound                                      -> 404 {"message", "param": "symbol"}
@@ -31,23 +31,20 @@ routed into the same JSON stream. Nothing here imports boto3.
 
 from __future__ import annotations
 
-import base64
 import logging
 import math
 import os
 import sys
 import time
-import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aws_lambda_powertools import Logger, Metrics
-from aws_lambda_powertools.event_handler import Response, content_types
-from aws_lambda_powertools.event_handler.exceptions import NotFoundError
-from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.metrics.functions import is_metrics_disabled
+from pydantic import BaseModel, ValidationError
 
 from marketdata.errors import (
     ConfigurationError,
@@ -60,12 +57,11 @@ from marketdata.errors import (
     UpstreamError,
     UpstreamRateLimited,
 )
-from marketdata.intervals import Interval, bar_open, is_closed, next_open, parse_interval
-from marketdata.schemas import CacheStatus, ErrorResponse, HistoryResponse
+from marketdata.intervals import Interval, bar_open, is_closed, next_open
+from marketdata.resolver import APIGatewayHttpResolver, NotFoundError, Response, content_types
+from marketdata.schemas import MAX_LIMIT, UNIX_SECONDS_HELP, CacheStatus, ErrorResponse, HistoryResponse
 
 if TYPE_CHECKING:
-    from aws_lambda_powertools.event_handler import APIGatewayHttpResolver
-
     from marketdata.config import Settings
     from marketdata.service import HistoryResult, SymbolsResult
 
@@ -143,8 +139,8 @@ def error_for_exception(
     exc: BaseException, *, request_id: str | None = None, param_help: Mapping[str, str] | None = None
 ) -> ApiError:
     """The answer for an exception raised while serving a request (the single mapping)."""
-    if isinstance(exc, RequestValidationError):
-        return error_for_validation(exc, param_help)
+    if isinstance(exc, QueryInvalid):
+        return error_for_validation(exc.errors, param_help)
     if isinstance(exc, InvalidRequest):  # InvalidInterval included
         return ApiError(400, exc.message, exc.param)
     if isinstance(exc, SymbolNotFound):
@@ -188,43 +184,91 @@ def _with_request_id(message: str, request_id: str | None) -> str:
     return f"{message} (request id {request_id})" if request_id else message
 
 
-#: How each query parameter is described in validation messages (both routes).
+#: How each query parameter is described in validation messages (every function's shared ones).
 _PARAM_HELP: dict[str, str] = {
     "symbol": "a symbol such as BTCUSDT or EUR/USD",
-    "start": "Unix seconds (an integer from 0 to 32503680000)",
-    "end": "Unix seconds (an integer from 0 to 32503680000)",
-    "limit": "an integer from 1 to 5000",
+    "start": UNIX_SECONDS_HELP,
+    "end": UNIX_SECONDS_HELP,
+    "limit": f"an integer from 1 to {MAX_LIMIT}",
     "include_open": "true or false",
     "asset_class": "crypto or forex",
 }
 
 
-def error_for_validation(
-    exc: RequestValidationError, param_help: Mapping[str, str] | None = None
-) -> ApiError:
-    """400 naming the first offending parameter, in words a user can act on (`param_help`: a function's
-    own descriptions of its parameters, over the shared ones)."""
+def error_for_validation(errors: list[Any], param_help: Mapping[str, str] | None = None) -> ApiError:
+    """400 naming the first offending parameter, in words a user can act on (`errors`: pydantic's, from
+    a query model; `param_help`: a function's own descriptions of its parameters, over the shared ones).
+    A domain parser's own message (a symbol's or an interval's, with its hints) is passed on as it is."""
     help_for = {**_PARAM_HELP, **(param_help or {})}
-    errors = list(exc.errors())
     if not errors:
         return ApiError(400, "invalid request")
     first = errors[0]
     loc = [str(part) for part in first.get("loc", ()) if not isinstance(part, int)]
-    param = loc[-1] if len(loc) > 1 else (loc[0] if loc else None)
+    param = loc[0] if loc else None
     if param is None:
         return ApiError(400, "invalid request")
     if first.get("type") == "missing":
         hint = f": {help_for[param]}" if param in help_for else ""
         return ApiError(400, f"{param} is required{hint}", param)
-    if param == "interval":
-        try:
-            parse_interval(first.get("input"))
-        except InvalidRequest as bad:
-            return ApiError(400, bad.message, param)
+    domain = (first.get("ctx") or {}).get("error") if first.get("type") == "value_error" else None
+    if domain is not None:
+        return ApiError(400, str(domain), param)
     expected = help_for.get(param)
     detail = f"expected {expected}" if expected else str(first.get("msg", "invalid value"))
     more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
     return ApiError(400, f"invalid {param}: {detail}{more}", param)
+
+
+class QueryInvalid(Exception):
+    """A request's query (or path) parameters failed their model; mapped to 400 by error_for_validation."""
+
+    def __init__(self, errors: list[Any]) -> None:
+        super().__init__(f"{len(errors)} invalid parameter(s)")
+        self.errors = errors
+
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def parse_params(model: type[_M], values: Mapping[str, Any] | None) -> _M:
+    """`values` (query string or path parameters) validated by `model`, or QueryInvalid. Parameters the
+    model does not name are ignored, as a web API does; pydantic turns the strings into the fields' types."""
+    names = {info.alias or name for name, info in model.model_fields.items()}
+    known = {key: value for key, value in (values or {}).items() if key in names}
+    try:
+        return model.model_validate(known)
+    except ValidationError as exc:
+        raise QueryInvalid(exc.errors(include_url=False)) from None
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def params(
+    app: APIGatewayHttpResolver, *, query: type[BaseModel] | None = None, path: type[BaseModel] | None = None
+) -> Callable[[_F], _F]:
+    """Declare a route's parameters as pydantic models (under `@app.get(...)`): the route function gets
+    the validated `query` model as its first argument and the path model's fields as keywords.
+
+    The one place a handler's parameters are checked (Powertools' own validation, `enable_validation`,
+    would build a second definition of every bound and cost about a third of a cold start in imports);
+    scripts/gen_openapi.py documents the parameters from the same models (`query_model`, `path_model`)."""
+
+    def decorate(func: _F) -> _F:
+        def route(**path_values: Any) -> Any:
+            args = [parse_params(query, app.current_event.query_string_parameters)] if query else []
+            if path is not None:
+                path_values = parse_params(path, path_values).model_dump()
+            return func(*args, **path_values)
+
+        route.__name__ = func.__name__
+        route.__qualname__ = func.__qualname__
+        route.__doc__ = func.__doc__
+        route.query_model = query  # type: ignore[attr-defined]
+        route.path_model = path  # type: ignore[attr-defined]
+        return route  # type: ignore[return-value]
+
+    return decorate
 
 
 def error_response(error: ApiError, body: ErrorBody = error_json) -> Response:
@@ -272,6 +316,10 @@ LONG_CACHE_CONTROL = "public, max-age=86400, immutable"
 MIN_MAX_AGE = 5
 #: Answers reaching the present are kept at most this long, whatever the interval.
 MAX_SHORT_MAX_AGE = 600
+#: ... and answers carrying the still-open bar (include_open) at most this long: whoever asks for the
+#: forming bar wants it current, on a 1D chart as on a 1H one (it is refetched every 2 s for Binance,
+#: every 60 s for Twelve Data: BINANCE_/TWELVE_DATA_OPEN_BAR_TTL_SECONDS).
+MAX_OPEN_BAR_MAX_AGE = 60
 
 
 def request_timeout(app: APIGatewayHttpResolver, settings: Settings) -> float:
@@ -295,7 +343,8 @@ def history_cache_control(result: HistoryResult, *, now: float) -> str:
     - entirely about the closed past: long (the bars are final).
     - reaching the present: until the current bar closes (that is when the answer changes), but no
       longer than a tenth of the interval (a provider may publish a just-closed bar a little late),
-      and with the still-open bar no longer than a sixtieth (it changes with every trade); at least 5 s.
+      at most MAX_SHORT_MAX_AGE; with the still-open bar no longer than a sixtieth of the interval (it
+      changes with every trade), at most MAX_OPEN_BAR_MAX_AGE; at least 5 s.
     """
     if result.cache is CacheStatus.PARTIAL:
         return f"public, max-age={MIN_MAX_AGE}"
@@ -305,8 +354,11 @@ def history_cache_control(result: HistoryResult, *, now: float) -> str:
     until_close = next_open(interval, bar_open(interval, int(now))) - now
     last_time = result.last_time
     has_open_bar = last_time is not None and not is_closed(interval, last_time, now)
-    share = interval.nominal_seconds // (60 if has_open_bar else 10)
-    max_age = max(MIN_MAX_AGE, min(int(until_close), share, MAX_SHORT_MAX_AGE))
+    if has_open_bar:
+        share, ceiling = interval.nominal_seconds // 60, MAX_OPEN_BAR_MAX_AGE
+    else:
+        share, ceiling = interval.nominal_seconds // 10, MAX_SHORT_MAX_AGE
+    max_age = max(MIN_MAX_AGE, min(int(until_close), share, ceiling))
     return f"public, max-age={max_age}"
 
 
@@ -377,6 +429,9 @@ def gzip_result(event: Mapping[str, Any], result: dict[str, Any]) -> dict[str, A
     accept = next((str(v) for k, v in headers.items() if str(k).lower() == "accept-encoding"), "")
     if not accepts_gzip(accept):
         return result
+    import base64  # only for answers worth compressing
+    import zlib
+
     compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, zlib.MAX_WBITS | 16)
     payload = compressor.compress(body.encode()) + compressor.flush()
     result_headers = dict(result.get("headers") or {})
@@ -451,9 +506,21 @@ def lambda_entry(
         _account(event, result, elapsed_ms)
         return result
 
-    wrapped: LambdaHandler = metrics.log_metrics(handler, capture_cold_start_metric=True)
-    wrapped = logger.inject_lambda_context(
-        wrapped, correlation_id_path=correlation_paths.API_GATEWAY_HTTP, clear_state=True
+    measured = metrics.log_metrics(handler, capture_cold_start_metric=True)
+
+    def metered(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        if not is_metrics_disabled():
+            return measured(event, context)
+        # Metrics off (POWERTOOLS_METRICS_DISABLED, as the local API sets it): Powertools would still
+        # print the ColdStart blob and, flushing nothing, keep every request's metrics and its Operation
+        # dimension (warning when the next function's differs); forget them after each request instead.
+        try:
+            return handler(event, context)
+        finally:
+            metrics.clear_metrics()
+
+    wrapped: LambdaHandler = logger.inject_lambda_context(
+        metered, correlation_id_path=correlation_paths.API_GATEWAY_HTTP, clear_state=True
     )
     if tracing_enabled():
         wrapped = _traced(wrapped)

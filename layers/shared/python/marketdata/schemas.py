@@ -15,12 +15,16 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, model_validator
+from pydantic_core import PydanticCustomError
 
 from marketdata.errors import InvalidRequest
 from marketdata.intervals import Interval, parse_interval
 
 MAX_LIMIT = 5000
 DEFAULT_LIMIT = 500
+#: The latest time any API accepts (year 3000, Unix seconds): keeps calendar arithmetic in range. The
+#: one definition: the query models, the service, the backfill and the UDF datafeed import it.
+MAX_UNIX_SECONDS = 32503680000
 
 # Binance documents ^[A-Z0-9-_.]{1,20}$ but lists some symbols with non-ASCII letters, so letters of any
 # script are allowed (never quotes, spaces or punctuation beyond - _ .). Twelve Data forex: BASE/QUOTE with
@@ -107,31 +111,61 @@ SymbolField = Annotated[str, _domain_check(normalize_symbol)]
 #: An app interval, parsed by intervals.parse_interval (with its "did you mean" hints).
 IntervalField = Annotated[Interval, _domain_check(parse_interval)]
 
-UnixSeconds = Annotated[int, Field(ge=0, le=32503680000, description="Unix seconds, UTC")]
+UnixSeconds = Annotated[int, Field(ge=0, le=MAX_UNIX_SECONDS)]
+#: How validation messages describe a UnixSeconds parameter.
+UNIX_SECONDS_HELP = f"Unix seconds (an integer from 0 to {MAX_UNIX_SECONDS})"
+
+
+def _true_or_false(value: object) -> object:
+    # Exactly what the README documents: pydantic alone would also take yes/1/on/TRUE, and a user who
+    # wrote `include_open=1` should learn the spelling rather than rely on an undocumented alias.
+    if isinstance(value, bool):
+        return value
+    if value in ("true", "false"):
+        return value == "true"
+    raise PydanticCustomError("bool_parsing", "expected true or false")
+
+
+#: A query flag: `true` or `false`, nothing else.
+QueryBool = Annotated[bool, BeforeValidator(_true_or_false)]
+
+
+def _lower_case(value: object) -> object:
+    return value.strip().lower() if isinstance(value, str) else value
 
 
 class HistoryQuery(BaseModel):
-    """GET /v1/candles query. start/end are inclusive bounds on bar open time."""
+    """GET /v1/candles query: the one definition of its parameters, their bounds and descriptions (the
+    handler validates the query string with it, the OpenAPI document is generated from it, and the
+    service checks direct callers with it). start/end are inclusive bounds on bar open time."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     symbol: SymbolField = Field(
-        description="BTCUSDT (crypto, Binance) or EUR/USD (forex, Twelve Data)", examples=["BTCUSDT"]
+        description="BTCUSDT (crypto, Binance) or EUR/USD (forex, Twelve Data); case-insensitive",
+        min_length=1,
+        max_length=64,
+        examples=["BTCUSDT"],
     )
     interval: IntervalField = Field(
-        description="1m 5m 15m 30m 1H 4H 1D 1W 1M (case matters: 1m minute, 1M month)"
+        description="1m 5m 15m 30m 1H 4H 1D 1W 1M (case matters: 1m is a minute, 1M a month)"
     )
     start: UnixSeconds | None = Field(
-        default=None, description="first bar open time to include (Unix seconds)"
+        default=None, description="first bar open time to include (Unix seconds, UTC)"
     )
-    end: UnixSeconds | None = Field(default=None, description="last bar open time to include (Unix seconds)")
+    end: UnixSeconds | None = Field(
+        default=None, description="last bar open time to include (Unix seconds, UTC)"
+    )
     limit: int = Field(default=DEFAULT_LIMIT, ge=1, le=MAX_LIMIT, description="maximum number of candles")
-    include_open: bool = Field(default=False, description="append the still-open bar (never cached)")
+    include_open: QueryBool = Field(
+        default=False, description="append the still-open bar (fetched live, never cached)"
+    )
 
     @model_validator(mode="after")
     def _range(self) -> HistoryQuery:
         if self.start is not None and self.end is not None and self.start > self.end:
-            raise ValueError("start must not be after end")
+            # Raised as the domain error (pydantic passes it through): it names the parameter to change.
+            raise InvalidRequest("start must not be after end", param="start")
         return self
 
     @property
@@ -144,7 +178,10 @@ class SymbolsQuery(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    asset_class: AssetClass = Field(description="crypto (Binance pairs) or forex (Twelve Data pairs)")
+    # Case-insensitive like symbols: `FOREX` is as clear as `forex`.
+    asset_class: Annotated[AssetClass, BeforeValidator(_lower_case)] = Field(
+        description="crypto (Binance pairs) or forex (Twelve Data pairs)"
+    )
 
 
 # --- responses ---------------------------------------------------------------------------------

@@ -71,6 +71,7 @@ from marketdata.providers.base import MarketDataProvider, Page, source_interval
 from marketdata.resample import resample
 from marketdata.schemas import (
     MAX_LIMIT,
+    MAX_UNIX_SECONDS,
     AssetClass,
     CacheStatus,
     Candle,
@@ -84,8 +85,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# Same ceiling as schemas.UnixSeconds (year 3000): keeps calendar arithmetic in range.
-_MAX_TIME = 32503680000
+_MAX_TIME = MAX_UNIX_SECONDS  # the API's ceiling (year 3000): keeps calendar arithmetic in range
 _T = TypeVar("_T")
 # How long the symbol lists checked by /v1/candles are reused in a process before reading them again.
 _LISTED_REUSE_SECONDS = 60.0

@@ -9,8 +9,8 @@ before the snapshot
     warm what the first request would otherwise load or build after every restore: the request
     path's lazily imported modules (the service, the store and pg8000, both provider clients, httpx
     and httpcore), the settings, the provider clients' TLS context (the CA bundle: no connection in
-    it), the pydantic models of the package, and the validation model of every route of the handler's
-    resolver (Powertools builds it on a route's first request);
+    it) and the pydantic models of the package (the routes' parameter models among them: they are
+    built at import, see marketdata.http.params, so no route builds anything on its first request);
     then forget the process state below, so none of it is in the snapshot.
 
 after restore
@@ -49,8 +49,6 @@ WARM_MODULES = (
     "marketdata.providers.twelve_data",
     "httpcore",  # imported by httpx's transport when the first client is built
 )
-#: Where Lambda's Python runtime finds the handler module (template.yaml: Handler app.lambda_handler).
-HANDLER_MODULE = "app"
 
 _registered = False
 
@@ -94,9 +92,6 @@ def warm() -> None:
     _attempt("settings", _warm_settings)
     _attempt("TLS context", _warm_tls)
     _attempt("pydantic models", _warm_models)
-    handler = sys.modules.get(HANDLER_MODULE)
-    if handler is not None:
-        _attempt("routes", warm_routes, getattr(handler, "app", None))
 
 
 def _attempt(what: str, func: Any, *args: Any) -> None:
@@ -133,15 +128,6 @@ def _warm_models() -> None:
                 seen.add(value)
                 if value.__module__.startswith("marketdata"):
                     value.model_rebuild()
-
-
-def warm_routes(resolver: Any) -> int:
-    """Build the request validation model of every route of a Powertools resolver; the number built."""
-    routes = [*getattr(resolver, "_static_routes", ()), *getattr(resolver, "_dynamic_routes", ())]
-    for route in routes:
-        route.dependant  # noqa: B018 (a cached property: building it is the point)
-        route.body_field  # noqa: B018
-    return len(routes)
 
 
 # --- what must not outlive the snapshot --------------------------------------------------------------

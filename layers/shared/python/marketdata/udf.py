@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from marketdata.errors import IncompleteAnswer, InvalidRequest, MarketDataError, SymbolNotFound
 from marketdata.intervals import Interval, count_bars, is_closed
@@ -46,6 +46,7 @@ from marketdata.schemas import (
     AssetClass,
     CacheStatus,
     Candle,
+    UnixSeconds,
     detect_asset_class,
     normalize_symbol,
 )
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
     from marketdata.service import HistoryResult, MarketDataService
 
 logger = logging.getLogger(__name__)
+
 
 class Resolution(StrEnum):
     """A UDF resolution: the nine the datafeed offers, and D, W, M (older library versions' 1D, 1W, 1M)."""
@@ -149,6 +151,56 @@ def parse_symbol(value: str) -> UdfSymbol:
 
 
 # --- answers ---------------------------------------------------------------------------------------
+
+
+# --- the queries: the one definition of each endpoint's parameters (validated by the handler with
+# marketdata.http.params, documented in openapi.json from these models) ------------------------------------
+
+_SYMBOL_PARAM = Field(
+    description="BTCUSDT, BINANCE:BTCUSDT, EUR/USD or TWELVEDATA:EUR/USD",
+    min_length=1,
+    max_length=80,
+    examples=["BINANCE:BTCUSDT"],
+)
+
+
+class UdfSymbolQuery(BaseModel):
+    """GET /udf/symbols query."""
+
+    model_config = ConfigDict(frozen=True)
+
+    symbol: str = _SYMBOL_PARAM
+
+
+class UdfSearchQuery(BaseModel):
+    """GET /udf/search query."""
+
+    model_config = ConfigDict(frozen=True)
+
+    query: str = Field(default="", description="part of a symbol, e.g. btc or eurusd", max_length=64)
+    type: str = Field(default="", description="crypto, forex, or empty for both", max_length=16)
+    exchange: str = Field(default="", description="BINANCE, TWELVEDATA, or empty for both", max_length=16)
+    limit: int = Field(
+        default=DEFAULT_SEARCH_LIMIT, description="maximum number of results", ge=1, le=MAX_SEARCH_LIMIT
+    )
+
+
+class UdfHistoryQuery(BaseModel):
+    """GET /udf/history query (`from` is a Python keyword: the field is `from_`)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    symbol: str = _SYMBOL_PARAM
+    resolution: Resolution = Field(description="1 5 15 30 60 240 1D 1W 1M")
+    to: UnixSeconds = Field(description="end of the range, exclusive (Unix seconds, UTC)")
+    from_: UnixSeconds | None = Field(
+        default=None,
+        alias="from",
+        description="start of the range, inclusive (Unix seconds, UTC); ignored with countback",
+    )
+    countback: int | None = Field(
+        default=None, description="the number of bars before `to` wanted", ge=1, le=MAX_BARS
+    )
 
 
 class UdfError(BaseModel):
@@ -394,9 +446,7 @@ def search(
     if type_:
         classes = [a for a in classes if a.value == type_.strip().lower()]
         if not classes:
-            raise InvalidRequest(
-                f"unknown type {type_[:20]!r}: use crypto, forex or nothing", param="type"
-            )
+            raise InvalidRequest(f"unknown type {type_[:20]!r}: use crypto, forex or nothing", param="type")
     if exchange:
         wanted = exchange.strip().upper()
         known = {EXCHANGES[a] for a in AssetClass}
@@ -676,4 +726,3 @@ def _range(run: _History, from_: int, to: int) -> tuple[list[Candle], HistoryRes
         start = result.next_start
     assert result is not None
     return candles, result
-
