@@ -52,7 +52,7 @@ def test_apply_twice_is_a_noop(pg_server: PgServer, empty_database_url: str) -> 
     assert first == [m.version for m in load_migrations(REPO_MIGRATIONS)]
     assert first[0] == "0001"
     assert second == []
-    assert {"ohlcv_cache", "ohlcv_coverage", "symbol_lists", "schema_migrations"} <= _tables(
+    assert {"series", "candles", "coverage", "symbol_lists", "schema_migrations"} <= _tables(
         pg_server, empty_database_url
     )
     assert _recorded(pg_server, empty_database_url) == first
@@ -190,7 +190,7 @@ def test_command_line(pg_server: PgServer, empty_database_url: str) -> None:
     second = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert second.returncode == 0, second.stderr
     assert "up to date" in second.stdout
-    assert "ohlcv_cache" in _tables(pg_server, empty_database_url)
+    assert "candles" in _tables(pg_server, empty_database_url)
 
 
 def test_command_line_reports_an_unreachable_database(tmp_path: Path) -> None:
@@ -216,7 +216,7 @@ def test_migrations_through_pgbouncer(pgbouncer, pg_server: PgServer, empty_data
         assert apply_migrations(store) == []
     finally:
         store.close()
-    assert "ohlcv_cache" in _tables(pg_server, empty_database_url)
+    assert "candles" in _tables(pg_server, empty_database_url)
 
 
 def test_default_dir_inside_a_built_layer(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
