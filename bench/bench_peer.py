@@ -229,7 +229,8 @@ def _run(argv: list[str] | None, figures: Any) -> int:
                     assert len(ccxt_fetch(exchange, interval, start, n)) == n
 
                 copy_sql = (
-                    "COPY (SELECT CAST(open_minute AS bigint) * 60, open, high, low, close, volume FROM candles"
+                    "COPY (SELECT CAST(open_minute AS bigint) * 60, open, high, low, close, volume"
+                    " FROM candles"
                     f" WHERE series_id = (SELECT id FROM series WHERE symbol = '{SYMBOL}'"
                     f" AND interval = '{interval.value}')"
                     f" AND open_minute BETWEEN {int(start) // 60} AND {int(end) // 60} ORDER BY open_minute)"

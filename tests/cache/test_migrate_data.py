@@ -103,7 +103,9 @@ def _migrated_database(pg_server: PgServer, url: str) -> object:
     return pg_server.connect(url.split("?")[0].rsplit("/", 1)[-1])
 
 
-def test_0005_moves_every_bar_and_range_exactly(pg_server: PgServer, empty_database_url: str, tmp_path: Path) -> None:
+def test_0005_moves_every_bar_and_range_exactly(
+    pg_server: PgServer, empty_database_url: str, tmp_path: Path
+) -> None:
     from marketdata.config import Settings
     from marketdata.migrate import apply_migrations
     from marketdata.schemas import Candle
@@ -134,7 +136,8 @@ def test_0005_moves_every_bar_and_range_exactly(pg_server: PgServer, empty_datab
         series = {(s, i): p for s, i, p in conn.run("SELECT symbol, interval, provider FROM series")}
         assert series[("SOLUSDT", "1H")] is None and series[("EUR/USD", "1m")] == "twelve_data"
         assert len(series) == len(symbols) * 2 + 1
-        assert conn.run("SELECT count(*) FROM pg_tables WHERE tablename IN ('ohlcv_cache', 'ohlcv_coverage')") == [[0]]
+        old_tables = "SELECT count(*) FROM pg_tables WHERE tablename IN ('ohlcv_cache', 'ohlcv_coverage')"
+        assert conn.run(old_tables) == [[0]]
     finally:
         conn.close()
 

@@ -130,7 +130,9 @@ def test_reads_bound_seconds_to_the_stored_minutes(store: CandleStore) -> None:
     assert store.read_candles_json("BTCUSDT", "1m", T0 + 1, T0 + 2 * M - 1, limit=5).count == 1
 
 
-def test_a_series_gets_one_id_that_every_statement_finds(store: CandleStore, other_store: CandleStore) -> None:
+def test_a_series_gets_one_id_that_every_statement_finds(
+    store: CandleStore, other_store: CandleStore
+) -> None:
     store.store_candles("binance", "BTCUSDT", "1m", bars(2))
     other_store.store_candles("binance", "BTCUSDT", "1m", bars(3))
     with store.fill_transaction("BTCUSDT", "1m", wait_seconds=1) as tx:
@@ -148,7 +150,8 @@ def test_a_taken_series_id_is_skipped_for_the_next_free_one(store: CandleStore) 
     store._run("INSERT INTO series VALUES (:id, 'OTHER', '1m', 'binance')", {"id": first})
     assert store.store_candles("binance", "BTCUSDT", "1m", bars(2)) == 2
     with store.fill_transaction("ETHUSDT", "1m", wait_seconds=1) as tx:
-        store._run("UPDATE series SET id = :id WHERE symbol = 'OTHER'", {"id": _series_id_candidate("ETHUSDT", "1m")})
+        taken = _series_id_candidate("ETHUSDT", "1m")
+        store._run("UPDATE series SET id = :id WHERE symbol = 'OTHER'", {"id": taken})
         tx.store_page("binance", Page(T0, T0 + M, bars(2)))
     ids = dict(store._run("SELECT symbol, id FROM series")[0])
     assert ids["BTCUSDT"] == _series_id_candidate("BTCUSDT", "1m", 1)

@@ -86,7 +86,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from marketdata import intervals
-from marketdata.config import Settings, get_settings
+from marketdata.config import Settings, get_settings, read_secret
 from marketdata.errors import ConfigurationError, DatabaseUnavailable, SingleFlightTimeout
 from marketdata.intervals import Interval, parse_interval
 from marketdata.schemas import AssetClass, Candle
@@ -179,27 +179,14 @@ def parse_database_url(url: str) -> dict[str, Any]:
     return kwargs
 
 
-# Secrets Manager answers cached per process (a Lambda execution environment), keyed by ARN.
-_secret_cache: dict[str, tuple[str | None, str]] = {}
-_secret_lock = threading.Lock()
-
-
 def _secret_credentials(arn: str, *, refresh: bool = False) -> tuple[str | None, str]:
-    """(username, password) from a Secrets Manager JSON secret; boto3 is imported only here."""
-    with _secret_lock:
-        if not refresh and arn in _secret_cache:
-            return _secret_cache[arn]
+    """(username, password) from a Secrets Manager JSON secret, cached as every secret is
+    (marketdata.config.read_secret); refresh reads it again (the password was rotated)."""
     try:
-        import boto3
-
-        raw = boto3.client("secretsmanager").get_secret_value(SecretId=arn)["SecretString"]
-        data = json.loads(raw)
-        creds = (data.get("username"), str(data["password"]))
-    except Exception as exc:  # botocore errors, bad JSON, missing key: all an operator problem
+        data = json.loads(read_secret(arn, refresh=refresh))
+        return data.get("username"), str(data["password"])
+    except Exception as exc:  # AWS errors, bad JSON, missing key: all an operator problem
         raise DatabaseUnavailable(f"cannot read the database secret ({type(exc).__name__})") from None
-    with _secret_lock:
-        _secret_cache[arn] = creds
-    return creds
 
 
 def _iam_token(host: str, port: int, user: str) -> str:
@@ -380,10 +367,9 @@ _SELECTED = (
     "SELECT CAST(open_minute AS bigint) * 60 AS t, open AS o, high AS h, low AS l, close AS c, volume AS v"
     " FROM candles WHERE series_id = {series} AND open_minute BETWEEN :lo AND :hi"
 )
-_SELECT_ASC = _SELECTED.format(series=_SERIES_ID.format(interval=":interval")) + " ORDER BY open_minute LIMIT :limit"
-_SELECT_DESC = (
-    _SELECTED.format(series=_SERIES_ID.format(interval=":interval")) + " ORDER BY open_minute DESC LIMIT :limit"
-)
+_SELECTED_NATIVE = _SELECTED.format(series=_SERIES_ID.format(interval=":interval"))
+_SELECT_ASC = _SELECTED_NATIVE + " ORDER BY open_minute LIMIT :limit"
+_SELECT_DESC = _SELECTED_NATIVE + " ORDER BY open_minute DESC LIMIT :limit"
 # Bars of an app interval built from its base interval's rows (marketdata.resample, same rules): grouped
 # by the bar they fall in, on the grid of intervals.fixed_grid (width :w, offset :o; :w = 0 for calendar
 # months). Aggregates with ORDER BY keep open/close and the volume sum's term order exact.
@@ -392,8 +378,10 @@ SELECT bucket AS t, (array_agg(o ORDER BY t))[1] AS o, max(h) AS h, min(l) AS l,
        (array_agg(c ORDER BY t DESC))[1] AS c, sum(v ORDER BY t) AS v
 FROM (
     SELECT CASE WHEN CAST(:w AS bigint) = 0
-                THEN CAST(extract(epoch FROM date_trunc('month', to_timestamp(t) AT TIME ZONE 'UTC')) AS bigint)
-                ELSE t - ((t - CAST(:o AS bigint)) % CAST(:w AS bigint) + CAST(:w AS bigint)) % CAST(:w AS bigint)
+                THEN CAST(extract(epoch FROM date_trunc('month', to_timestamp(t) AT TIME ZONE 'UTC'))
+                          AS bigint)
+                ELSE t - ((t - CAST(:o AS bigint)) % CAST(:w AS bigint) + CAST(:w AS bigint))
+                         % CAST(:w AS bigint)
            END AS bucket,
            t, o, h, l, c, v
     FROM ({base_rows}) AS r
@@ -422,7 +410,7 @@ SELECT count(*) FILTER (WHERE n <= CAST(:limit AS bigint)),
        current_setting('extra_float_digits')
 FROM k
 """
-_NATIVE_ROWS = _SELECTED.format(series=_SERIES_ID.format(interval=":interval")) + " ORDER BY open_minute {order} LIMIT :want"
+_NATIVE_ROWS = _SELECTED_NATIVE + " ORDER BY open_minute {order} LIMIT :want"
 _JSON_ASC = _JSON_OF.format(inner=_NATIVE_ROWS.format(order="ASC"), order="ASC")
 _JSON_DESC = _JSON_OF.format(inner=_NATIVE_ROWS.format(order="DESC"), order="DESC")
 _JSON_RESAMPLED_ASC = _JSON_OF.format(inner=_RESAMPLED.format(order="ASC", limit=":want"), order="ASC")
@@ -1123,7 +1111,9 @@ class FillTx:
 
     def read_coverage(self, start: int, end: int) -> list[tuple[int, int]]:
         self._check()
-        params = {"symbol": self.symbol, "interval": self.interval.value, "start": int(start), "end": int(end)}
+        params = {
+            "symbol": self.symbol, "interval": self.interval.value, "start": int(start), "end": int(end),
+        }
         rows, _ = self._store._run(_SELECT_COVERAGE, params, retry=False)
         return _merge_ranges(rows, self.interval)
 
