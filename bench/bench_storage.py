@@ -142,13 +142,13 @@ def store_pages(store: CandleStore, total: int, *, backward: bool) -> float:
     return time.perf_counter() - started
 
 
-# Bars generated in SQL (for the loads where the write path is not what is measured): `series` series of
-# `per_series` minutes from T0, in pages of PAGE with the series taking turns, like store_pages.
+# Bars generated in SQL (for the loads where the write path is not what is measured): series :first to
+# :last, minutes :lo to :hi after T0, in pages of PAGE with the series taking turns, like store_pages.
 _GENERATE = f"""
 SELECT s, m, 100 + (m % 97) * 0.25, 101.5 + (m % 97) * 0.25, 99 + (m % 97) * 0.25, 100.5 + (m % 97) * 0.25,
        10 + m % 13
 FROM generate_series(CAST(:first AS integer), CAST(:last AS integer)) AS s,
-     generate_series(0, CAST(:per_series AS integer) - 1) AS m
+     generate_series(CAST(:lo AS integer), CAST(:hi AS integer)) AS m
 ORDER BY m / {PAGE}, s, m
 """
 
@@ -164,18 +164,26 @@ def generate_new_layout(conn: pg8000.native.Connection, first: int, last: int, p
         "INSERT INTO candles (series_id, open_minute, open, high, low, close, volume)"
         f" SELECT g.s, {T0 // 60} + g.m, g.o, g.h, g.l, g.c, g.v"
         f" FROM ({_GENERATE}) AS g(s, m, o, h, l, c, v)",
-        first=first, last=last, per_series=per_series,
+        first=first, last=last, lo=0, hi=per_series - 1,
     )
     conn.run("ANALYZE candles")
 
 
-def generate_old_layout(conn: pg8000.native.Connection, series: int, per_series: int) -> None:
-    conn.run(
+def generate_old_layout(
+    conn: pg8000.native.Connection, series: int, per_series: int, *, per_page: bool = False
+) -> None:
+    """Bars in the layout before 0005: in one statement, or (per_page) one statement per page and
+    series, as that release's store_page wrote them."""
+    insert = (
         "INSERT INTO ohlcv_cache (symbol, interval, open_time, provider, open, high, low, close, volume)"
         f" SELECT 'BENCH' || g.s || 'USDT', '1m', {T0} + g.m * 60, 'binance', g.o, g.h, g.l, g.c, g.v"
-        f" FROM ({_GENERATE}) AS g(s, m, o, h, l, c, v)",
-        first=1, last=series, per_series=per_series,
+        f" FROM ({_GENERATE}) AS g(s, m, o, h, l, c, v)"
     )
+    if not per_page:
+        conn.run(insert, first=1, last=series, lo=0, hi=per_series - 1)
+    for p in range(per_series // PAGE if per_page else 0):
+        for s in range(1, series + 1):
+            conn.run(insert, first=s, last=s, lo=p * PAGE, hi=(p + 1) * PAGE - 1)
     conn.run("ANALYZE ohlcv_cache")
 
 
@@ -221,8 +229,8 @@ def part_size(admin: str) -> None:
             conn.close()
     with fresh_database(admin, "bench_storage_size_old", upto=5) as url:
         conn = connect(url)
-        generate_old_layout(conn, SERIES, total // SERIES)
-        size_line("ohlcv_cache (before 0005), same order", relation_sizes(conn, "ohlcv_cache"), total)
+        generate_old_layout(conn, SERIES, total // SERIES, per_page=True)
+        size_line("ohlcv_cache (before 0005), forward, per page", relation_sizes(conn, "ohlcv_cache"), total)
         conn.close()
 
 

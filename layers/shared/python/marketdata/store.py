@@ -1,69 +1,40 @@
-"""The Postgres side of the cache: bars, coverage and symbol lists, over one pg8000 connection.
+"""The Postgres side of the cache: bars, coverage, symbol lists and the limits every Lambda shares.
 
-API (what marketdata.service codes against; kept in step with CONTRACTS.md "Store")
-------------------------------------------------------------------------------------
-```python
-class CandleStore:
-    def __init__(self, settings: Settings, *, connect: Callable[[], pg8000.native.Connection] | None = None)
-    @classmethod
-    def from_settings(cls, settings: Settings) -> CandleStore | None   # None when no database is configured
-    round_trips: int            # database round trips made so far (for benchmarks and metrics)
+Concepts (the code below is the reference; `CandleStore` and `FillTx` are what the service uses):
 
-    def read_candles(self, symbol: str, interval: Interval | str, start: int, end: int, *,
-                     limit: int | None = None, newest: bool = False) -> list[Candle]
-        # one SELECT; ascending by time; newest=True: the LAST `limit` bars of [start, end] (still ascending)
-    def read_candles_json(self, symbol, interval, start, end, *, limit: int, newest=False, peek=False,
-                          base=None) -> CandlesJson | None
-        # the same bars as the /v1/candles JSON array, built by Postgres in one statement, with their
-        # count, newest time and (peek) the next bar's time; None when extra_float_digits < 1
-    def read_coverage(self, symbol: str, interval: Interval | str, start: int, end: int
-                      ) -> list[tuple[int, int]]
-        # merged covered open-time ranges (inclusive) intersecting [start, end], ascending, NOT clipped
-        # to [start, end] (a range may begin before start / end after end)
-    @contextmanager
-    def fill_transaction(self, symbol: str, interval: Interval | str, *, wait_seconds: float
-                         ) -> Iterator[FillTx]
-        # BEGIN; take a transaction-scoped advisory lock keyed by (symbol, interval), polling
-        # pg_try_advisory_xact_lock for at most wait_seconds (0 = one try); SingleFlightTimeout (a
-        # DatabaseUnavailable subclass) when another holder keeps it. Yields a FillTx; COMMIT on normal
-        # exit, ROLLBACK on exception (which propagates unchanged; DB failures as DatabaseUnavailable).
-        # No session state: works through PgBouncer/RDS Proxy transaction pooling. Not reentrant on one
-        # store (RuntimeError). Store-level reads inside the block run in the same transaction.
-    def get_symbols(self, asset_class: AssetClass | str) -> tuple[list[str], float] | None
-        # (symbols in stored order, fetched_at Unix seconds), None when never stored
-    def put_symbols(self, asset_class: AssetClass | str, symbols: list[str], fetched_at: float) -> None
-    def store_candles(self, provider: str, symbol: str, interval: Interval | str,
-                      candles: Sequence[Candle]) -> int
-        # bars only, no coverage, in its own short transaction (bypass use); returns rows inserted
-    def ping(self) -> None      # one round trip; DatabaseUnavailable when the database cannot be reached
-    def connection(self) -> pg8000.native.Connection   # the live connection (migrations, tests)
-    def close(self) -> None     # idempotent; a later call reopens lazily
+Series and bars
+    A series is one (symbol, interval), with a small integer id in the `series` table; bars live in
+    `candles` under (series_id, open_minute), the open time in whole minutes, which keeps a bar under
+    100 bytes with its index (migrations/0005_compact_candles.sql explains the layout). Callers speak in
+    symbols, intervals and Unix seconds: every statement finds the series id itself (`_SERIES_ID`) and
+    converts minutes and seconds, so no id is ever cached in a process. A series row is made by the
+    first write that needs it, in that write's statement (`_SERIES_OF_WRITE`), without a sequence.
+    Symbols are stored verbatim (the service normalizes and validates them); intervals must be app
+    intervals. Only closed bars are stored; reads return them ascending (`read_candles`), or as the
+    candles array of a /v1/candles body built by Postgres (`read_candles_json`), and build coarser bars
+    from a finer base interval in the same statement (`base=`, the rules of marketdata.resample).
 
-class FillTx:                   # only valid inside its fill_transaction block
-    symbol: str; interval: Interval
-    def read_coverage(self, start: int, end: int) -> list[tuple[int, int]]   # inside the locked transaction
-    def read_candles(self, start: int, end: int, *, limit=None, newest=False) -> list[Candle]
-    def store_page(self, provider: str, page: Page) -> int
-        # bulk insert page.candles (one statement, ON CONFLICT DO NOTHING) + merge [page.start, page.end]
-        # into coverage unless page.dropped; returns rows inserted (0 for bars already present)
-    def store_candles(self, provider: str, symbol: str, interval: Interval | str,
-                      candles: Sequence[Candle]) -> int
-        # bars only, no coverage; symbol/interval must be the transaction's own (ValueError otherwise)
+Coverage
+    The open-time ranges fetched completely from the provider, per series, merged on write: a bar missing
+    inside a covered range does not exist upstream. `FillTx.store_page` writes a page's bars and its
+    range in one statement; `store_candles` writes bars only (the bypass path).
 
-def get_store(settings: Settings | None = None) -> CandleStore | None  # process-wide, built once
-def reset_default_store() -> None                        # close and forget it (tests)
-def is_configured(settings: Settings) -> bool            # DATABASE_URL or DB_HOST set
-def connection_kwargs(settings: Settings) -> dict | None  # pg8000 connect kwargs (secrets resolved, TLS)
-def parse_database_url(url: str) -> dict                 # user/password/database + host/port or unix_sock
-def lock_key(symbol: str, interval: Interval | str) -> int   # the fill lock's advisory key
-```
-Statements: every parameterized statement goes out as Parse/Bind/Describe/Execute/Sync in one flush
-(one round trip, one unit of work for a pooler; pg8000's own `run` sends three Syncs). Bulk writes are
-one `INSERT ... SELECT FROM unnest(...) ON CONFLICT DO NOTHING` per page, with the coverage merge in the
-same statement.
-Every database failure surfaces as marketdata.errors.DatabaseUnavailable (never a raw pg8000/socket error).
-Symbols and intervals are stored verbatim as bound parameters: the store neither normalizes nor validates
-symbols (the service does); intervals must be app intervals.
+Single flight
+    `fill_transaction` is a transaction holding a transaction-scoped advisory lock of the series
+    (`lock_key`), so that one caller fills a gap while the others wait and then read what it stored.
+
+One round trip per statement, no session state
+    Every parameterized statement goes out as Parse/Bind/Describe/Execute/Sync in one flush
+    (`_run_pipelined`; pg8000's own `run` sends three Syncs), and nothing leaves state on the server (no
+    SET, no session locks, no temporary tables, no named statements, no sequences), so PgBouncer and RDS
+    Proxy can multiplex the connection. Bulk bars go as one text array per column (`_bar_params`).
+
+Failures
+    Every database failure surfaces as marketdata.errors.DatabaseUnavailable, never a raw pg8000 or
+    socket error; after one, the store does not try again for DB_RETRY_AFTER_SECONDS.
+
+Configuration: `connection_kwargs` turns Settings into pg8000 arguments (TLS, the database secret read
+through marketdata.config.read_secret, IAM tokens); `get_store` is the process-wide store.
 """
 
 from __future__ import annotations
