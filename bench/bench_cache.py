@@ -84,14 +84,11 @@ def database() -> Iterator[str]:
         url = urlunsplit((parts.scheme, parts.netloc, "/bench_cache", parts.query, parts.fragment))
     conn = _connect(url)
     apply_migrations(conn)
-    conn.run(
-        "DELETE FROM ohlcv_cache WHERE symbol LIKE 'BENCH%' OR symbol IN ('BTCUSDT', 'ETHUSDT')"
-        " OR symbol LIKE '%/%'"
-    )
-    conn.run(
-        "DELETE FROM ohlcv_coverage WHERE symbol LIKE 'BENCH%' OR symbol IN ('BTCUSDT', 'ETHUSDT')"
-        " OR symbol LIKE '%/%'"
-    )
+    for table in ("candles", "coverage"):
+        conn.run(
+            f"DELETE FROM {table} WHERE series_id IN (SELECT id FROM series WHERE symbol LIKE 'BENCH%'"
+            " OR symbol IN ('BTCUSDT', 'ETHUSDT') OR symbol LIKE '%/%')"
+        )
     conn.close()
     try:
         yield url
@@ -184,8 +181,9 @@ def bench_reads(url: str, fake: FakeUpstream, runs: int) -> None:
     assert len(warm.candles) == 5000, len(warm.candles)
     raw = _connect(url)
     sql = (
-        "SELECT open_time, open, high, low, close, volume FROM ohlcv_cache"
-        " WHERE symbol = :s AND interval = :i AND open_time BETWEEN :a AND :b ORDER BY open_time"
+        "SELECT CAST(open_minute AS bigint) * 60, open, high, low, close, volume FROM candles"
+        " WHERE series_id = (SELECT id FROM series WHERE symbol = :s AND interval = :i)"
+        " AND open_minute BETWEEN CAST(:a AS bigint) / 60 AND CAST(:b AS bigint) / 60 ORDER BY open_minute"
     )
     print(
         f"    {'bars':>5} {'service ms':>11} {'raw ms':>8} {'ratio':>6} {'round trips':>12}  target <= 2.0x"
@@ -210,8 +208,9 @@ def bench_reads(url: str, fake: FakeUpstream, runs: int) -> None:
 
         # The binary-fetch floor: the same rows in Postgres' binary COPY format, bytes only (no decoding).
         copy_sql = (
-            "COPY (SELECT open_time, open, high, low, close, volume FROM ohlcv_cache WHERE symbol = 'BTCUSDT'"
-            f" AND interval = '1m' AND open_time BETWEEN {int(start)} AND {int(end)} ORDER BY open_time)"
+            "COPY (SELECT CAST(open_minute AS bigint) * 60, open, high, low, close, volume FROM candles"
+            " WHERE series_id = (SELECT id FROM series WHERE symbol = 'BTCUSDT' AND interval = '1m')"
+            f" AND open_minute BETWEEN {int(start) // 60} AND {int(end) // 60} ORDER BY open_minute)"
             " TO STDOUT (FORMAT binary)"
         )
 

@@ -47,7 +47,7 @@ def service_for(url: str, fake: FakeUpstream, **overrides: Any) -> MarketDataSer
 
 def fresh(url: str) -> None:
     conn = CandleStore(_settings(url)).connection()
-    for table in ("ohlcv_cache", "ohlcv_coverage", "provider_limits", "open_bars", "rejected_symbols"):
+    for table in ("candles", "coverage", "series", "provider_limits", "open_bars", "rejected_symbols"):
         conn.run(f"DELETE FROM {table}")
     conn.close()
 

@@ -207,8 +207,9 @@ def _run(argv: list[str] | None, figures: Any) -> int:
                 target = f"/v1/candles?{query}"
 
                 def empty(interval: Interval = interval) -> None:
-                    for table in ("ohlcv_cache", "ohlcv_coverage"):
-                        raw.run(f"DELETE FROM {table} WHERE symbol = :s AND interval = :i",
+                    for table in ("candles", "coverage"):
+                        raw.run(f"DELETE FROM {table} WHERE series_id IN"
+                                " (SELECT id FROM series WHERE symbol = :s AND interval = :i)",
                                 s=SYMBOL, i=interval.value)
 
                 def in_process(target: str = target, n: int = n) -> None:
@@ -228,9 +229,11 @@ def _run(argv: list[str] | None, figures: Any) -> int:
                     assert len(ccxt_fetch(exchange, interval, start, n)) == n
 
                 copy_sql = (
-                    "COPY (SELECT open_time, open, high, low, close, volume FROM ohlcv_cache"
-                    f" WHERE symbol = '{SYMBOL}' AND interval = '{interval.value}'"
-                    f" AND open_time BETWEEN {int(start)} AND {int(end)} ORDER BY open_time)"
+                    "COPY (SELECT CAST(open_minute AS bigint) * 60, open, high, low, close, volume"
+                    " FROM candles"
+                    f" WHERE series_id = (SELECT id FROM series WHERE symbol = '{SYMBOL}'"
+                    f" AND interval = '{interval.value}')"
+                    f" AND open_minute BETWEEN {int(start) // 60} AND {int(end) // 60} ORDER BY open_minute)"
                     " TO STDOUT (FORMAT binary)"
                 )
 

@@ -86,7 +86,10 @@ def test_a_fragmented_range_is_refilled_in_whole_pages(make, fake, raw_conn) -> 
     truth = fake.expected_candles("BTCUSDT", "1m", start, add_bars(M1, start, 599))
     service.store.store_candles("binance", "BTCUSDT", M1, truth[::2])
     for bar in truth[::2]:
-        raw_conn.run("INSERT INTO ohlcv_coverage VALUES ('BTCUSDT', '1m', :t, :t)", t=bar.time)
+        raw_conn.run(
+            "INSERT INTO coverage SELECT id, :t, :t FROM series WHERE symbol = 'BTCUSDT' AND interval = '1m'",
+            t=bar.time,
+        )
     result = service.get_historical_candles("BTCUSDT", "1m", start=start, limit=600)
     assert result.candles == truth
     assert fake.count(KLINES) == 1  # measured before: 300

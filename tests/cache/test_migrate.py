@@ -52,7 +52,7 @@ def test_apply_twice_is_a_noop(pg_server: PgServer, empty_database_url: str) -> 
     assert first == [m.version for m in load_migrations(REPO_MIGRATIONS)]
     assert first[0] == "0001"
     assert second == []
-    assert {"ohlcv_cache", "ohlcv_coverage", "symbol_lists", "schema_migrations"} <= _tables(
+    assert {"series", "candles", "coverage", "symbol_lists", "schema_migrations"} <= _tables(
         pg_server, empty_database_url
     )
     assert _recorded(pg_server, empty_database_url) == first
@@ -190,7 +190,7 @@ def test_command_line(pg_server: PgServer, empty_database_url: str) -> None:
     second = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert second.returncode == 0, second.stderr
     assert "up to date" in second.stdout
-    assert "ohlcv_cache" in _tables(pg_server, empty_database_url)
+    assert "candles" in _tables(pg_server, empty_database_url)
 
 
 def test_command_line_reports_an_unreachable_database(tmp_path: Path) -> None:
@@ -216,7 +216,7 @@ def test_migrations_through_pgbouncer(pgbouncer, pg_server: PgServer, empty_data
         assert apply_migrations(store) == []
     finally:
         store.close()
-    assert "ohlcv_cache" in _tables(pg_server, empty_database_url)
+    assert "candles" in _tables(pg_server, empty_database_url)
 
 
 def test_default_dir_inside_a_built_layer(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -235,3 +235,28 @@ def test_default_dir_inside_a_built_layer(monkeypatch: pytest.MonkeyPatch, tmp_p
                          cwd=tmp_path, env={"PYTHONPATH": str(layer), "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr
     assert Path(out.stdout.strip()) == layer / "migrations"
+
+
+def test_a_file_may_outlast_the_statement_timeouts_of_the_functions(
+    pg_server: PgServer, empty_database_url: str, tmp_path: Path
+) -> None:
+    # As deployed: the role's statement_timeout (README) and the store's socket timeout derived from
+    # DB_STATEMENT_TIMEOUT_MS are both shorter than a big data migration (0005 on millions of bars).
+    from marketdata.config import Settings
+    from marketdata.store import CandleStore
+
+    database = _db_name(empty_database_url)
+    pg_server.admin().run(f'ALTER DATABASE "{database}" SET statement_timeout = 300')
+    folder = _write(tmp_path / "m", {"0001_slow.sql": "SELECT pg_sleep(1.6); CREATE TABLE slow (x int);"})
+    settings = Settings.from_env({"DATABASE_URL": empty_database_url, "DB_STATEMENT_TIMEOUT_MS": "400"})
+    store = CandleStore(settings)
+    try:
+        with pytest.raises(Exception, match="statement timeout"):
+            store.connection().run("SELECT pg_sleep(1)")  # what the functions get
+        store.close()
+        assert apply_migrations(store, folder) == ["0001"]
+        store.ping()  # the store's own timeouts are back for the functions' statements
+        assert store.connection()._usock.gettimeout() == 1.4
+    finally:
+        store.close()
+    assert "slow" in _tables(pg_server, empty_database_url)

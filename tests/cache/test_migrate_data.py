@@ -69,3 +69,145 @@ def test_0002_forgets_forex_series_now_built_and_unknown_pairs_remembered_as_emp
         )
     finally:
         conn.close()
+
+
+# --- 0005: the compact layout -------------------------------------------------------------------
+
+# Doubles whose text forms are easy to get wrong, times at both ends of the allowed range.
+_TRICKY = [
+    (0, 0.1 + 0.2, 0.30000000000000004, 0.1, 0.3, 1e-300),
+    (60, 1e-8, 3e-8, 5e-324, 2e-8, 0.0),
+    (32_503_680_000 - 60, 123456.78901234567, 1.7976931348623157e308, 2.2250738585072014e-308, 99.99, 1e308),
+]
+
+
+def _before_0005(tmp_path: Path) -> Path:
+    folder = tmp_path / "before_0005"
+    folder.mkdir()
+    for path in REPO_MIGRATIONS.glob("*.sql"):
+        if int(path.name.split("_", 1)[0]) < 5:
+            shutil.copy(path, folder)
+    return folder
+
+
+def _old_bar(conn, symbol: str, interval: str, row: tuple, provider: str = "binance") -> None:
+    conn.run(
+        "INSERT INTO ohlcv_cache VALUES (:s, :i, :t, :p, CAST(:o AS float8), CAST(:h AS float8),"
+        " CAST(:l AS float8), CAST(:c AS float8), CAST(:v AS float8))",
+        s=symbol, i=interval, t=row[0], p=provider, o=repr(row[1]), h=repr(row[2]), l=repr(row[3]),
+        c=repr(row[4]), v=repr(row[5]),
+    )
+
+
+def _migrated_database(pg_server: PgServer, url: str) -> object:
+    return pg_server.connect(url.split("?")[0].rsplit("/", 1)[-1])
+
+
+def test_0005_moves_every_bar_and_range_exactly(
+    pg_server: PgServer, empty_database_url: str, tmp_path: Path
+) -> None:
+    from marketdata.config import Settings
+    from marketdata.migrate import apply_migrations
+    from marketdata.schemas import Candle
+    from marketdata.store import CandleStore
+
+    conn = _migrated_database(pg_server, empty_database_url)
+    try:
+        assert "0005" not in apply_migrations(conn, _before_0005(tmp_path))
+        symbols = ["BTCUSDT", "EUR/USD", "X'); DROP TABLE series;--", "Ünï/cödé"]
+        for n, symbol in enumerate(symbols):
+            provider = "twelve_data" if "/" in symbol else "binance"
+            for interval, width in (("1m", 60), ("1D", 86400)):
+                for i, (_, *prices) in enumerate(_TRICKY):  # the same prices at 0, 1 and the last bar
+                    t = (0, width, 32_503_680_000 - width)[i]
+                    _old_bar(conn, symbol, interval, (t, *prices), provider)
+            _cover(conn, symbol, "1m", 0, 32_503_680_000 - 60 - n * 60)
+        _cover(conn, "SOLUSDT", "1H", T, T + 3600)  # coverage without bars: a series with no provider
+        old_bars = sorted(tuple(r) for r in conn.run("SELECT * FROM ohlcv_cache"))
+        old_coverage = sorted(tuple(r) for r in conn.run("SELECT * FROM ohlcv_coverage"))
+
+        assert apply_migrations(conn, REPO_MIGRATIONS)[-1] == "0005"
+        assert apply_migrations(conn, REPO_MIGRATIONS) == []  # recorded: a second run does nothing
+
+        # The views show exactly what the tables held, bit for bit (== on floats is exact).
+        assert sorted(tuple(r) for r in conn.run("SELECT * FROM ohlcv_cache")) == old_bars
+        assert sorted(tuple(r) for r in conn.run("SELECT * FROM ohlcv_coverage")) == old_coverage
+        assert conn.run("SELECT count(*) FROM candles") == [[len(old_bars)]]
+        series = {(s, i): p for s, i, p in conn.run("SELECT symbol, interval, provider FROM series")}
+        assert series[("SOLUSDT", "1H")] is None and series[("EUR/USD", "1m")] == "twelve_data"
+        assert len(series) == len(symbols) * 2 + 1
+        old_tables = "SELECT count(*) FROM pg_tables WHERE tablename IN ('ohlcv_cache', 'ohlcv_coverage')"
+        assert conn.run(old_tables) == [[0]]
+    finally:
+        conn.close()
+
+    # The store reads the migrated rows and goes on writing the same series.
+    store = CandleStore(Settings.from_env({"DATABASE_URL": empty_database_url}))
+    try:
+        expected = [Candle(*row) for row in _TRICKY]
+        assert store.read_candles("BTCUSDT", "1m", 0, 32_503_680_000) == expected
+        assert store.read_coverage("SOLUSDT", "1H", 0, 10**11) == [(T, T + 3600)]
+        assert store.store_candles("binance", "SOLUSDT", "1H", [Candle(T, 1.0, 2.0, 0.5, 1.5, 3.0)]) == 1
+        assert store.store_candles("binance", "BTCUSDT", "1m", expected) == 0
+        assert store.read_candles("SOLUSDT", "1H", 0, 10**11) == [Candle(T, 1.0, 2.0, 0.5, 1.5, 3.0)]
+    finally:
+        store.close()
+
+
+def _waiting_for_lock(pg_server: PgServer, database: str) -> bool:
+    rows = pg_server.admin().run(
+        "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database"
+        " WHERE d.datname = :d AND NOT l.granted AND l.locktype = 'relation'",
+        d=database,
+    )
+    return rows[0][0] > 0
+
+
+def test_0005_keeps_bars_old_code_writes_during_the_copy_and_never_blocks_its_reads(
+    pg_server: PgServer, empty_database_url: str, tmp_path: Path
+) -> None:
+    import threading
+    import time
+
+    from marketdata.migrate import apply_migrations
+
+    database = empty_database_url.split("?")[0].rsplit("/", 1)[-1]
+    setup = _migrated_database(pg_server, empty_database_url)
+    old_writer = _migrated_database(pg_server, empty_database_url)
+    old_reader = _migrated_database(pg_server, empty_database_url)
+    try:
+        apply_migrations(setup, _before_0005(tmp_path))
+        _bar(setup, "BTCUSDT", "1H", T, "binance")
+        # An old fill transaction, begun before the migration, commits its page after the bulk copy.
+        old_writer.run("BEGIN")
+        _bar(old_writer, "BTCUSDT", "1H", T + 3600, "binance")
+        _bar(old_writer, "ETHUSDT", "1H", T, "binance")  # a series the first pass cannot know
+        _cover(old_writer, "ETHUSDT", "1H", T, T)
+        outcome: list[object] = []
+        migrating = threading.Thread(target=lambda: outcome.append(apply_migrations(setup, REPO_MIGRATIONS)))
+        migrating.start()
+        deadline = time.monotonic() + 30
+        while not _waiting_for_lock(pg_server, database):
+            assert time.monotonic() < deadline, "the migration never waited for the old writer"
+            time.sleep(0.05)
+        # While the migration waits to hold writers off, old readers are served.
+        assert old_reader.run("SELECT count(*) FROM ohlcv_cache") == [[1]]
+        old_writer.run("COMMIT")
+        migrating.join(60)
+        assert outcome and outcome[0][-1] == "0005"  # type: ignore[index]
+        rows = setup.run("SELECT symbol, open_time FROM ohlcv_cache ORDER BY 1, 2")
+        assert rows == [["BTCUSDT", T], ["BTCUSDT", T + 3600], ["ETHUSDT", T]]
+        assert setup.run("SELECT symbol, start_time FROM ohlcv_coverage") == [["ETHUSDT", T]]
+    finally:
+        for conn in (setup, old_writer, old_reader):
+            conn.close()
+
+
+def test_0005_is_one_transaction_the_runner_can_wrap() -> None:
+    # marketdata.migrate runs each file in its own transaction: no transaction control, nothing that
+    # refuses to run inside one.
+    text = (REPO_MIGRATIONS / "0005_compact_candles.sql").read_text()
+    code = "\n".join(line.split("--", 1)[0] for line in text.splitlines()).upper()
+    first_words = {statement.split()[0] for statement in code.split(";") if statement.strip()}
+    assert first_words.isdisjoint({"BEGIN", "START", "COMMIT", "END", "ROLLBACK", "VACUUM"}), first_words
+    assert "CONCURRENTLY" not in code.split()

@@ -60,6 +60,8 @@ def test_the_internals_the_store_uses_are_there() -> None:
 def test_a_live_connection_takes_the_one_round_trip_path(store: CandleStore) -> None:
     conn = store.connection()
     assert _pipeline_supported(conn) and hasattr(conn, "_sock") and hasattr(conn, "py_types")
+    # The socket whose timeout the store bounds by the statement timeout (and migrate lifts for a file).
+    assert conn._usock.gettimeout() == store._settings.db_statement_timeout_ms / 1000 + 1
     before = store.round_trips
     assert store.read_candles("BTCUSDT", "1m", 0, 10) == []
     assert store.round_trips - before == 1

@@ -7,12 +7,10 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from marketdata import store as store_module
 from marketdata.config import Settings
 from marketdata.errors import ConfigurationError, DatabaseUnavailable
 from marketdata.providers.base import Page
@@ -35,24 +33,6 @@ def settings(**env: str) -> Settings:
 
 def db_name(url: str) -> str:
     return url.split("?")[0].rsplit("/", 1)[-1]
-
-
-@pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """moto in place of AWS, fake credentials, empty secret cache."""
-    from moto import mock_aws
-
-    for key, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": "eu-west-1",
-        "AWS_REGION": "eu-west-1",
-    }.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setattr(store_module, "_secret_cache", {})
-    with mock_aws():
-        yield
 
 
 # --- DATABASE_URL parsing ----------------------------------------------------------------------

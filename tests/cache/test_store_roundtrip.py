@@ -27,7 +27,7 @@ def bars(n: int, start: int = T0, step: int = M, base: float = 100.0) -> list[Ca
 
 
 def coverage_rows(store: CandleStore) -> int:
-    rows, _ = store._run("SELECT count(*) FROM ohlcv_coverage")
+    rows, _ = store._run("SELECT count(*) FROM coverage")
     return int(rows[0][0])
 
 
@@ -109,10 +109,56 @@ def test_symbols_with_quotes_and_sql_are_stored_verbatim(store: CandleStore) -> 
 def test_invalid_bars_are_refused_as_database_unavailable_and_nothing_is_stored(store: CandleStore) -> None:
     good = bars(3)
     bad = [*good, Candle(T0 + 3 * M, float("nan"), 1.0, 1.0, 1.0, 1.0)]
-    with pytest.raises(DatabaseUnavailable, match="ohlcv_cache_finite_chk"):
+    with pytest.raises(DatabaseUnavailable, match="candles_finite_chk"):
         store.store_candles("binance", "BTCUSDT", "1m", bad)
     assert store.read_candles("BTCUSDT", "1m", 0, 10**10) == []  # one statement: all or nothing
     assert store.store_candles("binance", "BTCUSDT", "1m", good) == 3  # the connection is still fine
+
+
+def test_an_open_time_off_the_minute_grid_is_refused(store: CandleStore) -> None:
+    # The compact layout stores whole minutes: a time between them must fail, never be rounded.
+    with pytest.raises(DatabaseUnavailable, match="open_minute"):
+        store.store_candles("binance", "BTCUSDT", "1m", [*bars(2), Candle(T0 + 2 * M + 1, 1, 1, 1, 1, 1)])
+    assert store.read_candles("BTCUSDT", "1m", 0, 10**10) == []
+
+
+def test_reads_bound_seconds_to_the_stored_minutes(store: CandleStore) -> None:
+    store.store_candles("binance", "BTCUSDT", "1m", bars(3))
+    # Bounds between minutes, and beyond what int4 minutes hold, select exactly the bars inside.
+    assert [c.time for c in store.read_candles("BTCUSDT", "1m", T0 + 1, T0 + 2 * M - 1)] == [T0 + M]
+    assert len(store.read_candles("BTCUSDT", "1m", -(10**15), 10**15)) == 3
+    assert store.read_candles_json("BTCUSDT", "1m", T0 + 1, T0 + 2 * M - 1, limit=5).count == 1
+
+
+def test_a_series_gets_one_id_that_every_statement_finds(
+    store: CandleStore, other_store: CandleStore
+) -> None:
+    store.store_candles("binance", "BTCUSDT", "1m", bars(2))
+    other_store.store_candles("binance", "BTCUSDT", "1m", bars(3))
+    with store.fill_transaction("BTCUSDT", "1m", wait_seconds=1) as tx:
+        tx.store_page("binance", Page(T0, T0 + 3 * M, bars(4)))
+    rows, _ = store._run("SELECT id, symbol, interval, provider FROM series")
+    assert len(rows) == 1 and rows[0][1:] == ["BTCUSDT", "1m", "binance"]
+    rows, _ = store._run("SELECT DISTINCT series_id FROM candles UNION SELECT series_id FROM coverage")
+    assert rows == [[store._run("SELECT id FROM series")[0][0][0]]]
+
+
+def test_a_taken_series_id_is_skipped_for_the_next_free_one(store: CandleStore) -> None:
+    from marketdata.store import _series_id_candidate
+
+    first = _series_id_candidate("BTCUSDT", "1m")
+    store._run("INSERT INTO series VALUES (:id, 'OTHER', '1m', 'binance')", {"id": first})
+    assert store.store_candles("binance", "BTCUSDT", "1m", bars(2)) == 2
+    with store.fill_transaction("ETHUSDT", "1m", wait_seconds=1) as tx:
+        taken = _series_id_candidate("ETHUSDT", "1m")
+        store._run("UPDATE series SET id = :id WHERE symbol = 'OTHER'", {"id": taken})
+        tx.store_page("binance", Page(T0, T0 + M, bars(2)))
+    ids = dict(store._run("SELECT symbol, id FROM series")[0])
+    assert ids["BTCUSDT"] == _series_id_candidate("BTCUSDT", "1m", 1)
+    assert ids["ETHUSDT"] == _series_id_candidate("ETHUSDT", "1m", 1)
+    assert [c.time for c in store.read_candles("OTHER", "1m", 0, 10**10)] == []
+    assert len(store.read_candles("BTCUSDT", "1m", 0, 10**10)) == 2
+    assert store.read_coverage("ETHUSDT", "1m", 0, 10**10) == [(T0, T0 + M)]
 
 
 def test_unknown_interval_is_refused_before_the_database(store: CandleStore) -> None:
@@ -345,7 +391,7 @@ def test_a_parameterized_statement_is_one_network_round_trip(store: CandleStore)
 
 def test_a_bad_page_rolls_back_the_whole_transaction(store: CandleStore) -> None:
     bad = Candle(T0 + 20 * M, 1.0, 0.5, 2.0, 1.0, 1.0)  # low above high
-    with pytest.raises(DatabaseUnavailable, match="ohlcv_cache_ohlc_chk"), store.fill_transaction(
+    with pytest.raises(DatabaseUnavailable, match="candles_ohlc_chk"), store.fill_transaction(
         "BTCUSDT", "1m", wait_seconds=1
     ) as tx:
         tx.store_page("binance", Page(T0, T0 + 9 * M, bars(10)))

@@ -114,30 +114,35 @@ def test_restored_environment_opens_new_connections_and_uses_nothing_stale(
 
 
 def test_no_secret_read_before_the_snapshot_is_reused_after_restore(aws: None, runtime: FakeRuntime) -> None:
-    from marketdata import store as store_module
+    from marketdata.store import connection_kwargs
 
     ssm = boto3.client("ssm", region_name=REGION)
     ssm.put_parameter(Name="/marketdata/td", Value="key-at-init", Type="SecureString")
     secrets = boto3.client("secretsmanager", region_name=REGION)
     first = json.dumps({"username": "u", "password": "p1"})
     arn = secrets.create_secret(Name="db", SecretString=first)["ARN"]
-    settings = Settings.from_env({"TWELVE_DATA_API_KEY_PARAMETER": "/marketdata/td"})
+    settings = Settings.from_env(
+        {"TWELVE_DATA_API_KEY_PARAMETER": "/marketdata/td", "DB_HOST": "db.example.com", "DB_SECRET_ARN": arn}
+    )
 
-    # Read during init, then rotated: within their cache time (5 minutes; the store's DB secret has
-    # none) the old values are what an environment keeps using.
+    def db_password() -> str:
+        return str((connection_kwargs(settings) or {})["password"])
+
+    # Read during init, then rotated: within their cache time (SECRET_MAX_AGE_SECONDS, 5 minutes) the
+    # old values are what an environment keeps using.
     assert settings.require_twelve_data_api_key() == "key-at-init"
-    assert store_module._secret_credentials(arn) == ("u", "p1")
+    assert db_password() == "p1"
     ssm.put_parameter(Name="/marketdata/td", Value="key-rotated", Type="SecureString", Overwrite=True)
     secrets.put_secret_value(SecretId=arn, SecretString=json.dumps({"username": "u", "password": "p2"}))
     assert settings.require_twelve_data_api_key() == "key-at-init"
-    assert store_module._secret_credentials(arn) == ("u", "p1")
+    assert db_password() == "p1"
 
     runtime.snapshot()
     runtime.restore()
 
     # Restored (possibly days later): both are read again at once.
     assert settings.require_twelve_data_api_key() == "key-rotated"
-    assert store_module._secret_credentials(arn) == ("u", "p2")
+    assert db_password() == "p2"
 
 
 def test_before_snapshot_warms_the_request_path(

@@ -209,9 +209,10 @@ class Settings(BaseModel):
         )
 
 
-# How long a key read from Secrets Manager or SSM is reused before asking again. Short enough that a
-# rotated key is in use within minutes, long enough that warm invocations never pay for the lookup.
-TWELVE_DATA_KEY_MAX_AGE_SECONDS = 300
+# How long a secret read from Secrets Manager or SSM (the Twelve Data key, the database secret) is reused
+# before asking again. Short enough that a rotated value is in use within minutes, long enough that warm
+# invocations never pay for the lookup.
+SECRET_MAX_AGE_SECONDS = 300
 
 # Field names accepted when the secret is a JSON object rather than the bare key.
 _SECRET_KEY_FIELDS = ("apikey", "api_key", "TWELVE_DATA_API_KEY")
@@ -221,7 +222,7 @@ def fetch_twelve_data_api_key(
     *,
     secret_arn: str | None,
     parameter_name: str | None,
-    max_age: int = TWELVE_DATA_KEY_MAX_AGE_SECONDS,
+    max_age: int = SECRET_MAX_AGE_SECONDS,
 ) -> str:
     """Read the Twelve Data key from Secrets Manager (preferred when both are set) or SSM.
 
@@ -244,7 +245,7 @@ def fetch_twelve_data_api_key(
         )
     try:
         if secret_arn:
-            key = _key_from_secret_value(parameters.get_secret(secret_arn, max_age=max_age), source)
+            key = _key_from_secret_value(read_secret(secret_arn, max_age=max_age), source)
         else:
             assert parameter_name  # for the type checker: one of the two is set (checked above)
             key = _text(parameters.get_parameter(parameter_name, decrypt=True, max_age=max_age))
@@ -254,6 +255,30 @@ def fetch_twelve_data_api_key(
     if not key:
         raise ConfigurationError(f"the Twelve Data API key in {source} is empty")
     return key
+
+
+def read_secret(arn: str, *, max_age: int = SECRET_MAX_AGE_SECONDS, refresh: bool = False) -> str:
+    """The SecretString of a Secrets Manager secret, through Powertools Parameters: cached per process
+    (execution environment) for max_age seconds; refresh fetches it now (a rotated database password).
+    Failures raise Powertools' GetParameterError (its message names the error, never the value)."""
+    # Lazy for the reason given in fetch_twelve_data_api_key.
+    from aws_lambda_powertools.utilities import parameters
+
+    return _text(parameters.get_secret(arn, max_age=max_age, force_fetch=refresh))
+
+
+def reset_secrets() -> None:
+    """Forget every secret and parameter read so far, with its age, and the boto3 clients that read them
+    (their connection pools): the next read asks AWS again. Imports nothing: when Powertools Parameters
+    was never loaded, nothing was read. Called after a SnapStart restore (marketdata.snapstart)."""
+    import sys
+
+    constants = sys.modules.get("aws_lambda_powertools.utilities.parameters.constants")
+    if constants is None:
+        return
+    for provider in list(constants.DEFAULT_PROVIDERS.values()):
+        provider.clear_cache()
+    constants.DEFAULT_PROVIDERS.clear()
 
 
 def _text(raw: object) -> str:

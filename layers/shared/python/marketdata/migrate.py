@@ -14,6 +14,9 @@ Rules:
 - A failing file stops the run (MigrationError); files before it stay applied, none after it runs.
 - A recorded file whose text changed since it was applied is refused (MigrationError) before anything
   runs: applied migrations are history, fixes go in a new file.
+- A file may run for minutes (0005 copies every bar): it runs with no server statement timeout (SET LOCAL,
+  whatever the role or the proxy sets for the functions) and a socket timeout of
+  MIGRATION_TIMEOUT_SECONDS instead of the store's statement-sized one.
 
 Where the files are: MIGRATIONS_DIR when set; else `migrations/` at the repository root (this file's
 layers/shared/python/marketdata/../../../../migrations), else a `migrations` folder next to the
@@ -28,7 +31,8 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +45,8 @@ logger = logging.getLogger(__name__)
 _LOCK_NAMESPACE = 0x6D64  # "md"
 _LOCK_ID = 1
 _FILE_NAME = re.compile(r"^(\d+)_[A-Za-z0-9_\-]+\.sql$")
+# How long one file may keep the connection silent: a Lambda's longest run.
+MIGRATION_TIMEOUT_SECONDS = 900.0
 
 _BOOKKEEPING = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -118,6 +124,22 @@ def _db_call(conn: Any, sql: str, **params: Any) -> list[list[Any]]:
         raise DatabaseUnavailable(f"database error while migrating: {exc}") from None
 
 
+@contextmanager
+def _socket_timeout(conn: Any, seconds: float) -> Iterator[None]:
+    """The connection's socket timeout set to `seconds` for the block (pg8000 keeps the socket in
+    `_usock`, the attribute the store sets its own timeout on; see tests/cache/test_pg8000_contract.py)."""
+    sock = getattr(conn, "_usock", None)
+    if sock is None:
+        yield
+        return
+    before = sock.gettimeout()
+    sock.settimeout(seconds)
+    try:
+        yield
+    finally:
+        sock.settimeout(before)
+
+
 def _rollback_quietly(conn: Any) -> None:
     try:
         conn.run("ROLLBACK")
@@ -152,8 +174,10 @@ def apply_migrations(conn_or_store: Any, migrations_dir: Path | str | None = Non
             if migration.version in recorded:
                 _db_call(conn, "COMMIT")
                 continue
+            _db_call(conn, "SET LOCAL statement_timeout = 0")
             try:
-                conn.run(migration.sql)  # simple query protocol: the whole file, many statements
+                with _socket_timeout(conn, MIGRATION_TIMEOUT_SECONDS):
+                    conn.run(migration.sql)  # simple query protocol: the whole file, many statements
             except Exception as exc:
                 raise MigrationError(f"migration {migration.filename} failed: {exc}") from None
             _db_call(

@@ -20,8 +20,8 @@ after restore
 The process state: the service with its database connections (the cache's store and its
 `shared_store()` sibling), the provider clients with their httpx connection pools (TLS sessions to
 Binance and Twelve Data), the settings, the cached secrets and credentials together with their age
-(the database secret the store caches, the Twelve Data key Powertools Parameters caches for
-`TWELVE_DATA_KEY_MAX_AGE_SECONDS`, their boto3 clients and session), and bookkeeping measured on the
+(the database secret and the Twelve Data key, which Powertools Parameters caches for
+`SECRET_MAX_AGE_SECONDS`, their boto3 clients and session), and bookkeeping measured on the
 monotonic clock (the store's "database down" back-off, Binance's request weight, the UDF price steps).
 Everything is rebuilt lazily by the first request after restore, as on a plain cold start.
 
@@ -157,17 +157,10 @@ def forget_process_state() -> None:
 
 
 def _forget_secrets() -> None:
-    store_module = sys.modules.get("marketdata.store")
-    if store_module is not None:
-        # The database secret (user, password) the store caches per ARN, without an age of its own.
-        with store_module._secret_lock:
-            store_module._secret_cache.clear()
-    constants = sys.modules.get("aws_lambda_powertools.utilities.parameters.constants")
-    if constants is not None:
-        # The Twelve Data key with its max_age, and the providers' boto3 clients (their connection pools).
-        for provider in list(constants.DEFAULT_PROVIDERS.values()):
-            provider.clear_cache()
-        constants.DEFAULT_PROVIDERS.clear()
+    config = sys.modules.get("marketdata.config")
+    if config is not None:
+        # The Twelve Data key and the database secret with their age, and the clients that read them.
+        config.reset_secrets()
     boto3 = sys.modules.get("boto3")
     if boto3 is not None:
         boto3.DEFAULT_SESSION = None  # type: ignore[attr-defined]  # its credential cache, its clients

@@ -1,69 +1,40 @@
-"""The Postgres side of the cache: bars, coverage and symbol lists, over one pg8000 connection.
+"""The Postgres side of the cache: bars, coverage, symbol lists and the limits every Lambda shares.
 
-API (what marketdata.service codes against; kept in step with CONTRACTS.md "Store")
-------------------------------------------------------------------------------------
-```python
-class CandleStore:
-    def __init__(self, settings: Settings, *, connect: Callable[[], pg8000.native.Connection] | None = None)
-    @classmethod
-    def from_settings(cls, settings: Settings) -> CandleStore | None   # None when no database is configured
-    round_trips: int            # database round trips made so far (for benchmarks and metrics)
+Concepts (the code below is the reference; `CandleStore` and `FillTx` are what the service uses):
 
-    def read_candles(self, symbol: str, interval: Interval | str, start: int, end: int, *,
-                     limit: int | None = None, newest: bool = False) -> list[Candle]
-        # one SELECT; ascending by time; newest=True: the LAST `limit` bars of [start, end] (still ascending)
-    def read_candles_json(self, symbol, interval, start, end, *, limit: int, newest=False, peek=False,
-                          base=None) -> CandlesJson | None
-        # the same bars as the /v1/candles JSON array, built by Postgres in one statement, with their
-        # count, newest time and (peek) the next bar's time; None when extra_float_digits < 1
-    def read_coverage(self, symbol: str, interval: Interval | str, start: int, end: int
-                      ) -> list[tuple[int, int]]
-        # merged covered open-time ranges (inclusive) intersecting [start, end], ascending, NOT clipped
-        # to [start, end] (a range may begin before start / end after end)
-    @contextmanager
-    def fill_transaction(self, symbol: str, interval: Interval | str, *, wait_seconds: float
-                         ) -> Iterator[FillTx]
-        # BEGIN; take a transaction-scoped advisory lock keyed by (symbol, interval), polling
-        # pg_try_advisory_xact_lock for at most wait_seconds (0 = one try); SingleFlightTimeout (a
-        # DatabaseUnavailable subclass) when another holder keeps it. Yields a FillTx; COMMIT on normal
-        # exit, ROLLBACK on exception (which propagates unchanged; DB failures as DatabaseUnavailable).
-        # No session state: works through PgBouncer/RDS Proxy transaction pooling. Not reentrant on one
-        # store (RuntimeError). Store-level reads inside the block run in the same transaction.
-    def get_symbols(self, asset_class: AssetClass | str) -> tuple[list[str], float] | None
-        # (symbols in stored order, fetched_at Unix seconds), None when never stored
-    def put_symbols(self, asset_class: AssetClass | str, symbols: list[str], fetched_at: float) -> None
-    def store_candles(self, provider: str, symbol: str, interval: Interval | str,
-                      candles: Sequence[Candle]) -> int
-        # bars only, no coverage, in its own short transaction (bypass use); returns rows inserted
-    def ping(self) -> None      # one round trip; DatabaseUnavailable when the database cannot be reached
-    def connection(self) -> pg8000.native.Connection   # the live connection (migrations, tests)
-    def close(self) -> None     # idempotent; a later call reopens lazily
+Series and bars
+    A series is one (symbol, interval), with a small integer id in the `series` table; bars live in
+    `candles` under (series_id, open_minute), the open time in whole minutes, which keeps a bar under
+    100 bytes with its index (migrations/0005_compact_candles.sql explains the layout). Callers speak in
+    symbols, intervals and Unix seconds: every statement finds the series id itself (`_SERIES_ID`) and
+    converts minutes and seconds, so no id is ever cached in a process. A series row is made by the
+    first write that needs it, in that write's statement (`_SERIES_OF_WRITE`), without a sequence.
+    Symbols are stored verbatim (the service normalizes and validates them); intervals must be app
+    intervals. Only closed bars are stored; reads return them ascending (`read_candles`), or as the
+    candles array of a /v1/candles body built by Postgres (`read_candles_json`), and build coarser bars
+    from a finer base interval in the same statement (`base=`, the rules of marketdata.resample).
 
-class FillTx:                   # only valid inside its fill_transaction block
-    symbol: str; interval: Interval
-    def read_coverage(self, start: int, end: int) -> list[tuple[int, int]]   # inside the locked transaction
-    def read_candles(self, start: int, end: int, *, limit=None, newest=False) -> list[Candle]
-    def store_page(self, provider: str, page: Page) -> int
-        # bulk insert page.candles (one statement, ON CONFLICT DO NOTHING) + merge [page.start, page.end]
-        # into coverage unless page.dropped; returns rows inserted (0 for bars already present)
-    def store_candles(self, provider: str, symbol: str, interval: Interval | str,
-                      candles: Sequence[Candle]) -> int
-        # bars only, no coverage; symbol/interval must be the transaction's own (ValueError otherwise)
+Coverage
+    The open-time ranges fetched completely from the provider, per series, merged on write: a bar missing
+    inside a covered range does not exist upstream. `FillTx.store_page` writes a page's bars and its
+    range in one statement; `store_candles` writes bars only (the bypass path).
 
-def get_store(settings: Settings | None = None) -> CandleStore | None  # process-wide, built once
-def reset_default_store() -> None                        # close and forget it (tests)
-def is_configured(settings: Settings) -> bool            # DATABASE_URL or DB_HOST set
-def connection_kwargs(settings: Settings) -> dict | None  # pg8000 connect kwargs (secrets resolved, TLS)
-def parse_database_url(url: str) -> dict                 # user/password/database + host/port or unix_sock
-def lock_key(symbol: str, interval: Interval | str) -> int   # the fill lock's advisory key
-```
-Statements: every parameterized statement goes out as Parse/Bind/Describe/Execute/Sync in one flush
-(one round trip, one unit of work for a pooler; pg8000's own `run` sends three Syncs). Bulk writes are
-one `INSERT ... SELECT FROM unnest(...) ON CONFLICT DO NOTHING` per page, with the coverage merge in the
-same statement.
-Every database failure surfaces as marketdata.errors.DatabaseUnavailable (never a raw pg8000/socket error).
-Symbols and intervals are stored verbatim as bound parameters: the store neither normalizes nor validates
-symbols (the service does); intervals must be app intervals.
+Single flight
+    `fill_transaction` is a transaction holding a transaction-scoped advisory lock of the series
+    (`lock_key`), so that one caller fills a gap while the others wait and then read what it stored.
+
+One round trip per statement, no session state
+    Every parameterized statement goes out as Parse/Bind/Describe/Execute/Sync in one flush
+    (`_run_pipelined`; pg8000's own `run` sends three Syncs), and nothing leaves state on the server (no
+    SET, no session locks, no temporary tables, no named statements, no sequences), so PgBouncer and RDS
+    Proxy can multiplex the connection. Bulk bars go as one text array per column (`_bar_params`).
+
+Failures
+    Every database failure surfaces as marketdata.errors.DatabaseUnavailable, never a raw pg8000 or
+    socket error; after one, the store does not try again for DB_RETRY_AFTER_SECONDS.
+
+Configuration: `connection_kwargs` turns Settings into pg8000 arguments (TLS, the database secret read
+through marketdata.config.read_secret, IAM tokens); `get_store` is the process-wide store.
 """
 
 from __future__ import annotations
@@ -86,7 +57,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from marketdata import intervals
-from marketdata.config import Settings, get_settings
+from marketdata.config import Settings, get_settings, read_secret
 from marketdata.errors import ConfigurationError, DatabaseUnavailable, SingleFlightTimeout
 from marketdata.intervals import Interval, parse_interval
 from marketdata.schemas import AssetClass, Candle
@@ -102,6 +73,10 @@ _LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 # Rows per INSERT statement: one statement per provider page (<= 5000 bars); bigger batches are split
 # only to keep single statements (and their parameter strings) bounded.
 _INSERT_BATCH = 10_000
+# Series ids are positive int4; a new series tries its hash and the ids after it (series_pkey).
+_MAX_SERIES_ID = 2**31 - 1
+_SERIES_ID_TRIES = 16
+_INT4_MIN, _INT4_MAX = -(2**31), 2**31 - 1
 # Extra time the client waits beyond the statement timeout before it gives a silent server up.
 _SOCKET_MARGIN_SECONDS = 1.0
 # SQLSTATEs meaning "this connection is gone": class 08 (connection exception), admin/crash shutdown.
@@ -175,27 +150,14 @@ def parse_database_url(url: str) -> dict[str, Any]:
     return kwargs
 
 
-# Secrets Manager answers cached per process (a Lambda execution environment), keyed by ARN.
-_secret_cache: dict[str, tuple[str | None, str]] = {}
-_secret_lock = threading.Lock()
-
-
 def _secret_credentials(arn: str, *, refresh: bool = False) -> tuple[str | None, str]:
-    """(username, password) from a Secrets Manager JSON secret; boto3 is imported only here."""
-    with _secret_lock:
-        if not refresh and arn in _secret_cache:
-            return _secret_cache[arn]
+    """(username, password) from a Secrets Manager JSON secret, cached as every secret is
+    (marketdata.config.read_secret); refresh reads it again (the password was rotated)."""
     try:
-        import boto3
-
-        raw = boto3.client("secretsmanager").get_secret_value(SecretId=arn)["SecretString"]
-        data = json.loads(raw)
-        creds = (data.get("username"), str(data["password"]))
-    except Exception as exc:  # botocore errors, bad JSON, missing key: all an operator problem
+        data = json.loads(read_secret(arn, refresh=refresh))
+        return data.get("username"), str(data["password"])
+    except Exception as exc:  # AWS errors, bad JSON, missing key: all an operator problem
         raise DatabaseUnavailable(f"cannot read the database secret ({type(exc).__name__})") from None
-    with _secret_lock:
-        _secret_cache[arn] = creds
-    return creds
 
 
 def _iam_token(host: str, port: int, user: str) -> str:
@@ -367,37 +329,38 @@ def _db_errors() -> tuple[type[BaseException], ...]:
 
 # --- SQL ------------------------------------------------------------------------------------
 
-_SELECT_ASC = (
-    "SELECT open_time, open, high, low, close, volume FROM ohlcv_cache"
-    " WHERE symbol = :symbol AND interval = :interval AND open_time BETWEEN :start AND :end"
-    " ORDER BY open_time LIMIT :limit"
+# Every statement names its series by (symbol, interval) and finds the id in the same statement (one
+# index probe of the small series table): no id is cached in the process, so nothing can go stale.
+_SERIES_ID = "(SELECT id FROM series WHERE symbol = :symbol AND interval = {interval})"
+# Open times are stored in whole minutes (migrations/0005_compact_candles.sql); statements take and
+# return seconds, and bound the minutes with :lo/:hi (_minute_bounds).
+_SELECTED = (
+    "SELECT CAST(open_minute AS bigint) * 60 AS t, open AS o, high AS h, low AS l, close AS c, volume AS v"
+    " FROM candles WHERE series_id = {series} AND open_minute BETWEEN :lo AND :hi"
 )
-_SELECT_DESC = (
-    "SELECT open_time, open, high, low, close, volume FROM ohlcv_cache"
-    " WHERE symbol = :symbol AND interval = :interval AND open_time BETWEEN :start AND :end"
-    " ORDER BY open_time DESC LIMIT :limit"
-)
+_SELECTED_NATIVE = _SELECTED.format(series=_SERIES_ID.format(interval=":interval"))
+_SELECT_ASC = _SELECTED_NATIVE + " ORDER BY open_minute LIMIT :limit"
+_SELECT_DESC = _SELECTED_NATIVE + " ORDER BY open_minute DESC LIMIT :limit"
 # Bars of an app interval built from its base interval's rows (marketdata.resample, same rules): grouped
 # by the bar they fall in, on the grid of intervals.fixed_grid (width :w, offset :o; :w = 0 for calendar
 # months). Aggregates with ORDER BY keep open/close and the volume sum's term order exact.
 _RESAMPLED = """
-SELECT bucket AS t, (array_agg(open ORDER BY open_time))[1] AS o, max(high) AS h, min(low) AS l,
-       (array_agg(close ORDER BY open_time DESC))[1] AS c, sum(volume ORDER BY open_time) AS v
+SELECT bucket AS t, (array_agg(o ORDER BY t))[1] AS o, max(h) AS h, min(l) AS l,
+       (array_agg(c ORDER BY t DESC))[1] AS c, sum(v ORDER BY t) AS v
 FROM (
     SELECT CASE WHEN CAST(:w AS bigint) = 0
-                THEN CAST(extract(epoch FROM date_trunc('month', to_timestamp(open_time) AT TIME ZONE 'UTC'))
+                THEN CAST(extract(epoch FROM date_trunc('month', to_timestamp(t) AT TIME ZONE 'UTC'))
                           AS bigint)
-                ELSE open_time - ((open_time - CAST(:o AS bigint)) % CAST(:w AS bigint) + CAST(:w AS bigint))
-                                 % CAST(:w AS bigint)
+                ELSE t - ((t - CAST(:o AS bigint)) % CAST(:w AS bigint) + CAST(:w AS bigint))
+                         % CAST(:w AS bigint)
            END AS bucket,
-           open_time, open, high, low, close, volume
-    FROM ohlcv_cache
-    WHERE symbol = :symbol AND interval = :base AND open_time BETWEEN :start AND :end
+           t, o, h, l, c, v
+    FROM ({base_rows}) AS r
 ) AS b
 GROUP BY bucket
-ORDER BY bucket {order}
-LIMIT {limit}
-"""
+ORDER BY bucket {{order}}
+LIMIT {{limit}}
+""".format(base_rows=_SELECTED.format(series=_SERIES_ID.format(interval=":base")))
 _RESAMPLED_ASC = _RESAMPLED.format(order="ASC", limit=":limit")
 _RESAMPLED_DESC = _RESAMPLED.format(order="DESC", limit=":limit")
 # The same bars as the /v1/candles JSON array, built by Postgres in the read statement (read_candles_json):
@@ -418,52 +381,62 @@ SELECT count(*) FILTER (WHERE n <= CAST(:limit AS bigint)),
        current_setting('extra_float_digits')
 FROM k
 """
-_NATIVE_ROWS = (
-    "SELECT open_time AS t, open AS o, high AS h, low AS l, close AS c, volume AS v FROM ohlcv_cache"
-    " WHERE symbol = :symbol AND interval = :interval AND open_time BETWEEN :start AND :end"
-    " ORDER BY open_time {order} LIMIT :want"
-)
+_NATIVE_ROWS = _SELECTED_NATIVE + " ORDER BY open_minute {order} LIMIT :want"
 _JSON_ASC = _JSON_OF.format(inner=_NATIVE_ROWS.format(order="ASC"), order="ASC")
 _JSON_DESC = _JSON_OF.format(inner=_NATIVE_ROWS.format(order="DESC"), order="DESC")
 _JSON_RESAMPLED_ASC = _JSON_OF.format(inner=_RESAMPLED.format(order="ASC", limit=":want"), order="ASC")
 _JSON_RESAMPLED_DESC = _JSON_OF.format(inner=_RESAMPLED.format(order="DESC", limit=":want"), order="DESC")
 _SELECT_COVERAGE = (
-    "SELECT start_time, end_time FROM ohlcv_coverage"
-    " WHERE symbol = :symbol AND interval = :interval AND start_time <= :end AND end_time >= :start"
-    " ORDER BY start_time"
+    "SELECT start_time, end_time FROM coverage"
+    " WHERE series_id = " + _SERIES_ID.format(interval=":interval")
+    + " AND start_time <= :end AND end_time >= :start ORDER BY start_time"
 )
-_INSERT_BARS = """
-INSERT INTO ohlcv_cache (symbol, interval, provider, open_time, open, high, low, close, volume)
-SELECT :symbol, :interval, :provider, t, o, h, l, c, v
-FROM unnest(CAST(:t AS bigint[]), CAST(:o AS float8[]), CAST(:h AS float8[]), CAST(:l AS float8[]),
-            CAST(:c AS float8[]), CAST(:v AS float8[])) AS b(t, o, h, l, c, v)
-ON CONFLICT (symbol, interval, open_time) DO NOTHING
+# A write's series (CTE s): found by (symbol, interval), else made with the id :id (written by the
+# RETURNING of the insert, so the same statement can use it at once). s is empty when :id belongs to
+# another series, or another writer made this series meanwhile: the caller tries the next id.
+_SERIES_OF_WRITE = """
+found AS (SELECT id FROM series WHERE symbol = :symbol AND interval = :interval), made AS (
+    INSERT INTO series (id, symbol, interval, provider)
+    SELECT CAST(:id AS integer), :symbol, :interval, :provider WHERE NOT EXISTS (SELECT 1 FROM found)
+    ON CONFLICT DO NOTHING
+    RETURNING id
+), s AS (SELECT id FROM found UNION ALL SELECT id FROM made)"""
+_ENSURE_SERIES = f"WITH {_SERIES_OF_WRITE} SELECT (SELECT id FROM s)"
+# The bars of a page, from one parameter per column (_bar_params). An open time that is not a whole
+# minute becomes NULL and is refused by the NOT NULL of open_minute, as the old CHECK refused it.
+_BARS = """
+    INSERT INTO candles (series_id, open_minute, open, high, low, close, volume)
+    SELECT s.id, CASE WHEN b.t % 60 = 0 THEN b.t / 60 END, b.o, b.h, b.l, b.c, b.v
+    FROM s, unnest(CAST(:t AS bigint[]), CAST(:o AS float8[]), CAST(:h AS float8[]), CAST(:l AS float8[]),
+                   CAST(:c AS float8[]), CAST(:v AS float8[])) AS b(t, o, h, l, c, v)
+    ON CONFLICT (series_id, open_minute) DO NOTHING
+    RETURNING 1
+"""
+# Bars only: (rows inserted, whether the series was found or made: when not, nothing was done).
+_INSERT_BARS = f"""
+WITH {_SERIES_OF_WRITE}, ins AS ({_BARS})
+SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM s)
 """
 # Bars and coverage of one page in ONE statement (one round trip): insert the bars, delete the coverage
 # rows that overlap or touch the page's range, and insert their union with it. Touching means no bar
 # open time lies between them (merge_lo/merge_hi: the bar before the first / after the last of the page).
-_STORE_PAGE = """
-WITH ins AS (
-    INSERT INTO ohlcv_cache (symbol, interval, provider, open_time, open, high, low, close, volume)
-    SELECT :symbol, :interval, :provider, t, o, h, l, c, v
-    FROM unnest(CAST(:t AS bigint[]), CAST(:o AS float8[]), CAST(:h AS float8[]), CAST(:l AS float8[]),
-                CAST(:c AS float8[]), CAST(:v AS float8[])) AS b(t, o, h, l, c, v)
-    ON CONFLICT (symbol, interval, open_time) DO NOTHING
-    RETURNING 1
-), gone AS (
-    DELETE FROM ohlcv_coverage
-    WHERE CAST(:cover AS boolean) AND symbol = :symbol AND interval = :interval
+# Returns (rows inserted, coverage rows written, whether the series was found or made: when not,
+# nothing was done).
+_STORE_PAGE = f"""
+WITH {_SERIES_OF_WRITE}, ins AS ({_BARS}), gone AS (
+    DELETE FROM coverage
+    WHERE CAST(:cover AS boolean) AND series_id = (SELECT id FROM s)
       AND end_time >= CAST(:merge_lo AS bigint) AND start_time <= CAST(:merge_hi AS bigint)
     RETURNING start_time, end_time
 ), merged AS (
-    INSERT INTO ohlcv_coverage (symbol, interval, start_time, end_time)
-    SELECT :symbol, :interval, LEAST(CAST(:start AS bigint), min(start_time)),
+    INSERT INTO coverage (series_id, start_time, end_time)
+    SELECT (SELECT id FROM s), LEAST(CAST(:start AS bigint), min(start_time)),
            GREATEST(CAST(:end AS bigint), max(end_time))
     FROM gone
-    HAVING CAST(:cover AS boolean)
+    HAVING CAST(:cover AS boolean) AND EXISTS (SELECT 1 FROM s)
     RETURNING 1
 )
-SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM merged)
+SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM merged), (SELECT count(*) FROM s)
 """
 _TRY_LOCK = "SELECT pg_try_advisory_xact_lock(CAST(:key AS bigint))"
 # One request of a provider counted against its shared quota, atomically (the conflicting row is locked
@@ -560,26 +533,50 @@ def _asset_class_value(asset_class: AssetClass | str) -> str:
     return AssetClass(asset_class).value
 
 
+def _minute_bounds(start: int, end: int) -> dict[str, int]:
+    """:lo/:hi of a read: the stored minutes of the open times in [start, end] seconds, inside int4."""
+    lo = -(-int(start) // 60)  # the first whole minute at or after start
+    hi = int(end) // 60
+    return {"lo": min(max(lo, _INT4_MIN), _INT4_MAX), "hi": min(max(hi, _INT4_MIN), _INT4_MAX)}
+
+
+def _series_id_candidate(symbol: str, interval: str, attempt: int = 0) -> int:
+    """The id a new series tries first (attempt 0), then the ones after it: from a hash of the series, so
+    two stores making one series pick the same id (and meet on it), and different series rarely meet."""
+    digest = hashlib.blake2b(f"{interval} {symbol}".encode(), digest_size=4).digest()
+    return 1 + (int.from_bytes(digest, "big") + attempt) % _MAX_SERIES_ID
+
+
+def _series_params(provider: str, symbol: str, interval: str) -> dict[str, Any]:
+    """The parameters of _SERIES_OF_WRITE."""
+    return {
+        "symbol": symbol, "interval": interval, "provider": provider,
+        "id": _series_id_candidate(symbol, interval),
+    }
+
+
 def lock_key(symbol: str, interval: Interval | str) -> int:
     """The advisory lock key (signed 64-bit) of a (symbol, interval) fill; stable across processes."""
     digest = hashlib.blake2b(f"{symbol}\x00{_interval_value(interval)}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
 
 
-def _array_text(values: Sequence[object], conv: Callable[[Any], object]) -> str:
-    # Numbers only (ints, float reprs): nothing here needs quoting. repr(float) round-trips exactly,
-    # and Postgres parses it with correct rounding.
-    return "{" + ",".join([repr(conv(v)) for v in values]) + "}"
+def _array_literal(values: list[Any]) -> str:
+    # str() of a list is C code calling repr() on each number: the shortest text that parses back to
+    # the same double (Postgres parses it with correct rounding), in a form array_in accepts as is
+    # (it skips the blanks after the commas). Text is the one parameter format pg8000 sends; this is its
+    # cheapest producer measured (bench/bench_storage.py, "parameters").
+    return "{" + str(values)[1:-1] + "}"
 
 
 def _bar_params(candles: Sequence[Candle]) -> dict[str, str]:
     return {
-        "t": _array_text([c.time for c in candles], int),
-        "o": _array_text([c.open for c in candles], float),
-        "h": _array_text([c.high for c in candles], float),
-        "l": _array_text([c.low for c in candles], float),
-        "c": _array_text([c.close for c in candles], float),
-        "v": _array_text([c.volume for c in candles], float),
+        "t": _array_literal([int(c.time) for c in candles]),
+        "o": _array_literal([c.open for c in candles]),
+        "h": _array_literal([c.high for c in candles]),
+        "l": _array_literal([c.low for c in candles]),
+        "c": _array_literal([c.close for c in candles]),
+        "v": _array_literal([c.volume for c in candles]),
     }
 
 
@@ -778,15 +775,14 @@ class CandleStore:
         limit_param = None if limit is None else int(limit)
         if base is None or base is iv:
             params: dict[str, Any] = {
-                "symbol": symbol, "interval": iv.value, "start": int(start), "end": int(end),
-                "limit": limit_param,
+                "symbol": symbol, "interval": iv.value, **_minute_bounds(start, end), "limit": limit_param,
             }
             rows, _ = self._run(_SELECT_DESC if newest else _SELECT_ASC, params)
         else:
             first, last = intervals.base_span(iv, base, int(start), int(end))
             width, offset = intervals.fixed_grid(iv) or (0, 0)
             params = {
-                "symbol": symbol, "base": base.value, "start": first, "end": last, "limit": limit_param,
+                "symbol": symbol, "base": base.value, **_minute_bounds(first, last), "limit": limit_param,
                 "w": width, "o": offset,
             }
             rows, _ = self._run(_RESAMPLED_DESC if newest else _RESAMPLED_ASC, params)
@@ -819,15 +815,15 @@ class CandleStore:
         want = int(limit) + (1 if peek else 0)
         if base is None or base is iv:
             params: dict[str, Any] = {
-                "symbol": symbol, "interval": iv.value, "start": int(start), "end": int(end),
-                "limit": int(limit), "want": want,
+                "symbol": symbol, "interval": iv.value, **_minute_bounds(start, end), "limit": int(limit),
+                "want": want,
             }
             sql = _JSON_DESC if newest else _JSON_ASC
         else:
             first, last = intervals.base_span(iv, base, int(start), int(end))
             width, offset = intervals.fixed_grid(iv) or (0, 0)
             params = {
-                "symbol": symbol, "base": base.value, "start": first, "end": last, "limit": int(limit),
+                "symbol": symbol, "base": base.value, **_minute_bounds(first, last), "limit": int(limit),
                 "want": want, "w": width, "o": offset,
             }
             sql = _JSON_RESAMPLED_DESC if newest else _JSON_RESAMPLED_ASC
@@ -861,14 +857,32 @@ class CandleStore:
         self, provider: str, symbol: str, interval: Interval | str, candles: Sequence[Candle]
     ) -> int:
         """Bars only (no coverage), idempotent; each batch one autocommitted statement. Rows inserted."""
-        iv = _interval_value(interval)
+        return self._store_bars(provider, symbol, _interval_value(interval), candles, retry=True)
+
+    def _store_bars(
+        self, provider: str, symbol: str, interval: str, candles: Sequence[Candle], *, retry: bool
+    ) -> int:
         inserted = 0
         for i in range(0, len(candles), _INSERT_BATCH):
-            batch = candles[i : i + _INSERT_BATCH]
-            _, count = self._run(_INSERT_BARS, {"symbol": symbol, "interval": iv, "provider": provider,
-                                                **_bar_params(batch)})
-            inserted += max(count, 0)
+            params = {
+                **_series_params(provider, symbol, interval), **_bar_params(candles[i : i + _INSERT_BATCH])
+            }
+            rows, _ = self._run(_INSERT_BARS, params, retry=retry)
+            if not rows[0][1]:  # the series' id was taken meanwhile (rare): find one, then store
+                params["id"] = self._ensure_series(provider, symbol, interval, retry=retry)
+                rows, _ = self._run(_INSERT_BARS, params, retry=retry)
+            inserted += int(rows[0][0])
         return inserted
+
+    def _ensure_series(self, provider: str, symbol: str, interval: str, *, retry: bool) -> int:
+        """The id of the series, made now if it has none: an id after its hash's (which was taken)."""
+        params = _series_params(provider, symbol, interval)
+        for attempt in range(1, _SERIES_ID_TRIES + 1):
+            params["id"] = _series_id_candidate(symbol, interval, attempt)
+            rows, _ = self._run(_ENSURE_SERIES, params, retry=retry)
+            if rows[0][0] is not None:
+                return int(rows[0][0])
+        raise DatabaseUnavailable(f"no free series id found in {_SERIES_ID_TRIES} tries")
 
     def get_symbols(self, asset_class: AssetClass | str) -> tuple[list[str], float] | None:
         """(symbols in stored order, fetched_at Unix seconds), or None when never stored."""
@@ -1068,8 +1082,9 @@ class FillTx:
 
     def read_coverage(self, start: int, end: int) -> list[tuple[int, int]]:
         self._check()
-        params = {"symbol": self.symbol, "interval": self.interval.value, "start": int(start),
-                  "end": int(end)}
+        params = {
+            "symbol": self.symbol, "interval": self.interval.value, "start": int(start), "end": int(end),
+        }
         rows, _ = self._store._run(_SELECT_COVERAGE, params, retry=False)
         return _merge_ranges(rows, self.interval)
 
@@ -1092,12 +1107,15 @@ class FillTx:
             batch = candles[i : i + _INSERT_BATCH]
             last = i + _INSERT_BATCH >= len(candles)
             params = {
-                "symbol": self.symbol, "interval": iv.value, "provider": provider, **_bar_params(batch),
+                **_series_params(provider, self.symbol, iv.value), **_bar_params(batch),
                 "cover": cover and last, "start": int(page.start), "end": int(page.end),
                 "merge_lo": intervals.prev_open(iv, intervals.first_open_at_or_after(iv, int(page.start))),
                 "merge_hi": intervals.next_open(iv, intervals.bar_open(iv, int(page.end))),
             }
             rows, _ = self._store._run(_STORE_PAGE, params, retry=False)
+            if not rows[0][2]:  # the series' id was taken meanwhile (rare): find one, then store
+                params["id"] = self._store._ensure_series(provider, self.symbol, iv.value, retry=False)
+                rows, _ = self._store._run(_STORE_PAGE, params, retry=False)
             inserted += int(rows[0][0])
         return inserted
 
@@ -1108,7 +1126,7 @@ class FillTx:
         self._check()
         if symbol != self.symbol or parse_interval(interval) is not self.interval:
             raise ValueError("FillTx.store_candles takes the transaction's own symbol and interval")
-        return self._store.store_candles(provider, symbol, interval, candles)
+        return self._store._store_bars(provider, symbol, self.interval.value, candles, retry=False)
 
 
 # --- process-wide default ------------------------------------------------------------------
