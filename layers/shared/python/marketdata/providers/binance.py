@@ -52,6 +52,7 @@ from marketdata.providers.http import (
     Budget,
     Retry,
     RetryingHttp,
+    WeightCounter,
     build_http_client,
     read_json,
     retry_after_seconds,
@@ -117,10 +118,9 @@ class BinanceClient:
             monotonic=monotonic,
             rng=rng,
         )
-        self._weight_threshold = settings.binance_weight_safety_share * settings.binance_weight_limit
-        # Last X-MBX-USED-WEIGHT-1M seen and the UTC minute it was seen in.
-        self._weight_used = 0
-        self._weight_minute: int | None = None
+        # This minute's request weight: the last X-MBX-USED-WEIGHT-1M seen plus the requests in flight
+        # (pages are fetched by several threads at once: see WeightCounter).
+        self._weight = WeightCounter(settings.binance_weight_safety_share * settings.binance_weight_limit)
         # After a 429 we did not wait out, or a 418 ban: no request before this instant (clock seconds).
         self._blocked_until = 0.0
 
@@ -248,22 +248,22 @@ class BinanceClient:
                 provider=self.name,
                 retry_after=math.ceil(wait),
             )
-        minute = int(now // 60)
-        if self._weight_minute != minute or self._weight_used + weight <= self._weight_threshold:
+        wait = self._weight.reserve(weight, now)
+        if not wait:
             return
-        wait = seconds_to_next_minute(now)
+        used = self._weight.used
         if budget.fits(wait):
             logger.warning(
                 "Binance request weight %d of %d used this minute: waiting %.1fs for the next minute",
-                self._weight_used,
+                used,
                 self._settings.binance_weight_limit,
                 wait,
             )
             budget.sleep(wait)
-            self._weight_used = 0
+            self._weight.restart(weight, self._clock())
             return
         raise UpstreamRateLimited(
-            f"Binance request weight nearly used up for this minute ({self._weight_used} of "
+            f"Binance request weight nearly used up for this minute ({used} of "
             f"{self._settings.binance_weight_limit}); retry in {math.ceil(wait)}s",
             provider=self.name,
             retry_after=math.ceil(wait),
@@ -277,8 +277,7 @@ class BinanceClient:
             used = int(value)
         except ValueError:
             return
-        self._weight_used = used
-        self._weight_minute = int(self._clock() // 60)
+        self._weight.note(used, self._clock())
 
     def _interpret(self, response: httpx.Response, symbol: str) -> object | Retry:
         self._note_weight(response)
