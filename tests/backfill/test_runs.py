@@ -269,8 +269,9 @@ def test_a_plan_gated_pair_fails_its_job_with_the_reason_and_the_others_run(
 
 
 def test_a_provider_failure_mid_job_keeps_the_pages_stored_before_it(
-    wiring: Wiring, fake_upstream: FakeUpstream, store
+    sequential: Wiring, fake_upstream: FakeUpstream, store
 ) -> None:
+    wiring = sequential
     since = bars_back("1m", 3000)
     lo, hi = span("1m", since, NOW)
     fail_after_one_page = Recorder(lambda p: fake_upstream.fail_next(10, 500, KLINES))

@@ -437,15 +437,15 @@ class _Filler:
     one cold range make one provider call per page between them): under the lock, re-read coverage,
     fetch what is still missing, store the pages (bars and coverage), commit.
 
-    - The first round of a fill fetches ONE page from the first gap's edge (forward: up to the present,
-      so a start before a listing finds the first bars in one request; backward: a whole page ending at
-      the gap's end).
-    - Every later round lays the rest of the range out in windows of one provider page each, over the
-      uncovered parts only (a window starts at a gap and spans a whole page, so scattered holes cost one
-      request per page, never one per hole), and fetches them in the service's page pool,
-      `FILL_PARALLEL_PAGES` in flight, storing each page in order as it arrives while the next ones are
-      fetched. A round stops after `_ROUND_PAGES_PER_WORKER` pages per worker (the lock is not held for
-      a whole backfill) and the next one starts at once.
+    - A fill starts with ONE page from the first gap's edge, alone (forward: up to the present, so a
+      start before a listing finds the first bars in one request; backward: a whole page ending at the
+      gap's end).
+    - The rest of the range is laid out in windows of one provider page each, over the uncovered parts
+      only (a window starts at a gap and spans a whole page, so scattered holes cost one request per
+      page, never one per hole), and fetched in the service's page pool, `FILL_PARALLEL_PAGES` in
+      flight; the first page and then each window are stored in order as they arrive while the next
+      ones are fetched. A round stops after `_ROUND_PAGES_PER_WORKER` pages per worker and commits (the
+      lock is not held for a whole backfill); the next one starts at once.
 
     Each request passes the request's limits and the shared provider budgets before it is sent, in this
     thread (_GuardedProvider.reserve); the worker only sends it, inside the request's deadline (the
@@ -506,7 +506,7 @@ class _Filler:
                 return False
             if max_pages is not None and self.counters.pages >= max_pages:
                 return False
-            budget = 1 if first else self._round_pages(max_pages)
+            budget = self._round_pages(max_pages)
             with self._store.fill_transaction(
                 self.symbol,
                 self.interval,
@@ -514,7 +514,7 @@ class _Filler:
                 stall_seconds=self.service.settings.single_flight_wait_seconds,
                 watch=(lo, hi),
             ) as tx:
-                stored, failure = self._round(tx, lo, hi, forward, budget, deadline, single=first)
+                stored, failure = self._round(tx, lo, hi, forward, budget, deadline, first=first)
             first = False
             if failure is not None:
                 raise failure
@@ -569,24 +569,34 @@ class _Filler:
         budget: int,
         deadline: float | None,
         *,
-        single: bool,
+        first: bool,
     ) -> tuple[list[Page], BaseException | None]:
         """One locked round: (the pages stored, in fill order; the error that ended it, if any)."""
         # Under the lock: another Lambda may have stored this while we waited.
-        gaps = _gaps(self.interval, lo, hi, tx.read_coverage(lo, hi))
+        covered = tx.read_coverage(lo, hi)
+        gaps = _gaps(self.interval, lo, hi, covered)
         if not gaps:
             return [], None
-        if single:
+        page: Page | None = None
+        if first:
             page = self._first_page(gaps, forward)
             if page is None:
                 return [], None
-            self.store_page(tx, page)
-            return [page], None
+            budget -= 1
+            if forward and page.end >= gaps[0][0]:
+                gaps = _gaps(self.interval, first_open_at_or_after(self.interval, page.end + 1), hi, covered)
+            elif not forward:
+                gaps = _gaps(self.interval, lo, bar_open(self.interval, page.start - 1), covered)
+            else:
+                gaps = []  # the page made no progress: fill() stops
+            if not gaps or budget <= 0:
+                self.store_page(tx, page)
+                return [page], None
         last_closed = last_closed_open(self.interval, self.service.clock())
         windows = _windows(self.interval, gaps, forward, self.provider.max_page_bars, last_closed)
         # Forward pages are asked up to the present, as the first page is: the provider answers a whole
         # page from the window's start (more than the window where the provider has holes).
-        return _Round(self, tx, windows, last_closed if forward else None).run(budget, deadline)
+        return _Round(self, tx, windows, last_closed if forward else None).run(budget, deadline, page)
 
     def _first_page(self, gaps: list[tuple[int, int]], forward: bool) -> Page | None:
         interval, provider = self.interval, self.provider
@@ -650,28 +660,52 @@ class _Round:
         self.stored: list[Page] = []
         self.failure: BaseException | None = None
         self.broken = False  # the unbroken run has ended: whatever arrives later is dropped
+        self._sent = 0
+        self._more = True  # windows left to send
+        self._budget = 0
+        self._deadline: float | None = None
+        self._width = 1
+        self._pool: ThreadPoolExecutor | None = None
 
-    def run(self, budget: int, deadline: float | None) -> tuple[list[Page], BaseException | None]:
+    def run(
+        self, budget: int, deadline: float | None, first: Page | None = None
+    ) -> tuple[list[Page], BaseException | None]:
+        """Send up to `budget` windows, FILL_PARALLEL_PAGES at a time, and store what arrives, in order.
+        `first`, the round's first page already fetched, is stored while the next windows are in flight
+        (with one page at a time, before the next is sent: FILL_PARALLEL_PAGES=1 is one page after
+        another)."""
         filler = self.filler
-        pool = filler.service.page_pool()
-        width = filler.service.settings.fill_parallel_pages
-        sent = 0
-        more = True
+        self._pool = filler.service.page_pool()
+        self._width = filler.service.settings.fill_parallel_pages
+        self._budget, self._deadline = budget, deadline
         try:
-            while True:
-                while more and not self.broken and self.failure is None and len(self.in_flight) < width:
-                    more = sent < budget and self._send(pool, deadline)
-                    if more:
-                        sent += 1
-                if not self.in_flight:
-                    return self.stored, self.failure
+            if first is not None and self._width == 1:
+                self._store(first)
+            self._fill_pipe()
+            if first is not None and self._width > 1:
+                self._store(first)
+            while self.in_flight:
                 self._take(*self.in_flight.popleft())
+                self._fill_pipe()
+            return self.stored, self.failure
         finally:
             for _, outcome in self.in_flight:  # only when storing raised (the database failed)
                 if outcome.cancel():
                     filler.provider.unreserve()
 
-    def _send(self, pool: ThreadPoolExecutor, deadline: float | None) -> bool:
+    def _fill_pipe(self) -> None:
+        while (
+            self._more and not self.broken and self.failure is None and len(self.in_flight) < self._width
+        ):
+            self._more = self._sent < self._budget and self._send(self._pool, self._deadline)
+            if self._more:
+                self._sent += 1
+
+    def _store(self, page: Page) -> None:
+        self.filler.store_page(self.tx, page)
+        self.stored.append(page)
+
+    def _send(self, pool: ThreadPoolExecutor | None, deadline: float | None) -> bool:
         """Reserve and send the next window; False when there is none or none may be sent."""
         filler = self.filler
         window = next(self.windows, None)
@@ -686,6 +720,7 @@ class _Round:
         # the worker's timeouts and retries as it would in this thread.
         context = contextvars.copy_context()
         start, end = window[0], window[1] if self.until is None else self.until
+        assert pool is not None
         outcome = pool.submit(context.run, filler.provider.fetch, filler.symbol, filler.interval, start, end)
         self.in_flight.append((window, outcome))
         return True
@@ -706,8 +741,7 @@ class _Round:
         if page is None:
             self.broken = True
             return
-        filler.store_page(self.tx, page)
-        self.stored.append(page)
+        self._store(page)
         whole = page.start <= window[0] if self.until is None else page.end >= window[1]
         if not whole:
             self.broken = True  # the page stopped short (bars not settled yet): the run ends with it
