@@ -46,7 +46,7 @@ from marketdata.providers.base import (
     merge_pages,
     plan_range,
     upstream_number,
-    validate_bar,
+    validate_bars,
 )
 from marketdata.providers.http import (
     Budget,
@@ -354,10 +354,8 @@ class BinanceClient:
             raise UpstreamBadResponse(
                 f"Binance klines: expected a list of rows, got {type(rows).__name__}", provider=self.name
             )
-        bars: list[Candle] = []
-        dropped = 0
+        numbers: list[tuple[float, float, float, float, float, float]] = []
         last_open_ms = -1
-        source = f"binance {symbol} {interval.value}"
         for index, row in enumerate(rows):
             if not isinstance(row, list) or len(row) < 6:
                 shape = f"{len(row)} fields" if isinstance(row, list) else type(row).__name__
@@ -370,14 +368,18 @@ class BinanceClient:
                     f"Binance kline row {index}: open time is not an integer", provider=self.name
                 )
             last_open_ms = max(last_open_ms, open_ms)
-            what = f"Binance kline row {index}"
-            values = [upstream_number(v, provider=self.name, what=what) for v in row[1:6]]
+            fields = row[1:6]
+            try:
+                # Numeric strings, as Binance sends them, in one step (bools go the careful way below).
+                if True in fields or False in fields:
+                    raise TypeError
+                o, h, low, c, v = map(float, fields)
+            except (TypeError, ValueError):
+                what = f"Binance kline row {index}"
+                o, h, low, c, v = (upstream_number(x, provider=self.name, what=what) for x in fields)
             open_time = open_ms // 1000 if open_ms % 1000 == 0 else open_ms / 1000
-            candle = validate_bar(interval, open_time, *values, source=source)
-            if candle is None:
-                dropped += 1
-            else:
-                bars.append(candle)
+            numbers.append((open_time, o, h, low, c, v))
+        bars, dropped = validate_bars(interval, numbers, source=f"binance {symbol} {interval.value}")
         return len(rows), bars, dropped, last_open_ms
 
 
