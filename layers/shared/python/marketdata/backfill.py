@@ -4,11 +4,13 @@ Two callers run the same code:
 - the scheduled Lambda (functions/backfill/app.py): EventBridge Scheduler delivers the schedule's Input
   as the event itself, a jobs document such as
   ``{"jobs": [{"symbol": "BTCUSDT", "interval": "1m", "since": "2024-01-01"}]}``;
-- developers: ``python -m marketdata.backfill BTCUSDT:1m:2024-01-01 EUR/USD:1H`` (progress bar on stderr).
+- developers: ``python -m marketdata.backfill BTCUSDT:1m:2024-01-01 EUR/USD:1H`` (progress bar on stderr,
+  drawn by rich when it is installed: a dev/CLI dependency, imported only by the command line).
 
 Each job is one `MarketDataService.fill_gaps(symbol, interval, start=since)` call: it reads coverage,
-fetches only what coverage lacks, oldest first, one provider page per transaction (bars and coverage
-committed together), up to the newest closed bar. Coverage is therefore the only state a backfill has:
+fetches only what coverage lacks, oldest first, FILL_PARALLEL_PAGES provider pages in flight, storing
+each page's bars and coverage together as it arrives (committed every few pages), up to the newest
+closed bar. Coverage is therefore the only state a backfill has:
 a run stopped anywhere (deadline, crash, Lambda timeout, Ctrl-C) leaves the cache valid, and the next run
 resumes where it stopped without refetching anything. Runs are idempotent; a second run of a finished job
 makes no provider call.

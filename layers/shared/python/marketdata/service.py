@@ -9,22 +9,27 @@ How one history request is answered (`MarketDataService.get_historical_candles`)
    whose weekends hold few bars). An interval the provider serves derived (the provider's
    `derived_intervals`: forex 4H from 1H, 1W and 1M from 1D) is read as its base: coverage, gaps and
    fills below are in base bars, and the answer is built from them (marketdata.resample).
-3. Read coverage for the window; the uncovered parts are the gaps. Each gap is filled one provider
-   page at a time, each page inside `store.fill_transaction` (a transaction-scoped advisory lock per
-   symbol+interval = single-flight): re-read coverage under the lock, fetch ONE page of what is still
-   missing, store its bars and coverage, commit. N Lambdas on one cold range therefore make one
-   provider call per page between them, and a repeat makes none.
-4. Answer from the store with one read. When the window held fewer bars than asked for (forex weekends,
-   outages), it is widened a bounded number of times; coverage remembers empty ranges, so that is cheap.
+3. Read coverage for the window; the uncovered parts are the gaps. They are filled by a `_Filler` inside
+   `store.fill_transaction` (a transaction-scoped advisory lock per symbol+interval = single-flight):
+   re-read coverage under the lock, fetch the first page of what is still missing alone, then the rest
+   in windows of one provider page, FILL_PARALLEL_PAGES at a time in a thread pool (each request checked
+   against the request's limits and the shared budgets first, in this thread), store the pages' bars and
+   coverage in order as they arrive, commit. N Lambdas on one cold range therefore make one provider
+   call per page between them, and a repeat makes none.
+4. Answer from the pages just fetched when they hold the whole window, else from the store with one read.
+   When the window held fewer bars than asked for (forex weekends, outages), it is widened a bounded
+   number of times; coverage remembers empty ranges, so that is cheap.
    The /v1/candles handler asks for the bars as JSON (candles_json=True): Postgres builds the candles
    array in the read statement, with the count and the next bar's time the window rules need, so no bar
    becomes a Python object; every other caller (UDF, backfill, tests) gets Candle objects as before.
 5. The still-open bar is fetched live when asked for (`include_open`), never stored, never covered.
 
 Fallbacks: the database unreachable (or not configured) -> the provider answers directly, cache=bypass.
-The single-flight wait timed out -> the rest is fetched live without storing (cache=miss, logged). The
-provider failing -> pages already stored stay (their coverage is true), the answer is what the cache
-has (cache=partial), or the typed error when it has nothing. SymbolNotFound always propagates.
+The database failing mid-fill -> the pages already received answer without it, the rest come live. The
+single-flight wait timed out -> the answer is what is stored (cache=partial, logged). The provider
+failing -> pages already stored stay (their coverage is true; in a parallel round, the unbroken run of
+pages before the failed one), the answer is what the cache has (cache=partial), or the typed error when
+it has nothing. SymbolNotFound always propagates.
 
 Cache status of a history answer: hit = closed bars entirely from the cache (an `include_open` live
 fetch of the open bar does not change that; `provider_calls` counts it); miss = some closed bars were
@@ -1340,7 +1345,8 @@ class MarketDataService:
         on_page: Callable[[Page], None] | None = None,
     ) -> FillReport:
         """Fill the cache for closed bars in [start, min(end, last closed)] where coverage is missing,
-        oldest first, one page per transaction. Provider and database errors propagate (typed); pages
+        oldest first, FILL_PARALLEL_PAGES pages in flight (_Filler); `on_page` sees each page as it is
+        stored, in order. Provider and database errors propagate (typed); pages
         stored before them stay stored and covered. The backfill's provider requests count against the
         shared quotas like any request's, minus the share kept for interactive requests.
 
