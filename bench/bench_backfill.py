@@ -3,11 +3,13 @@
 
 Run from the repository root:  .venv/bin/python bench/bench_backfill.py [--days 365] [--parallel 4]
 
-The test fake upstream (frozen clock) behind the 50 ms delay proxy of bench_peer.py, the real Binance
-client, the real store (embedded Postgres, or DATABASE_URL as bench_cache.py), and `run_backfill` as the
-backfill command and Lambda run it. One run, side by side: the backfill with one page in flight
-(FILL_PARALLEL_PAGES=1, each page sent after the previous one is stored: the old pace, over
---baseline-days) and with --parallel pages in flight over --days; the cache emptied before each. Target
+The test fake upstream (frozen clock) behind the 50 ms delay proxy of bench_peer.py, both in a process
+of their own (as a real upstream is: building and forwarding its bodies must not take the backfill's
+interpreter lock), the real Binance client, the real store (embedded Postgres, or DATABASE_URL as
+bench_cache.py), and `run_backfill` as the backfill command and Lambda run it. One run, side by side:
+the backfill with one page in flight (FILL_PARALLEL_PAGES=1, each page sent after the previous one is
+stored: the old pace, over --baseline-days) and with --parallel pages in flight over --days; the cache
+emptied before each. Target
 (issue 9): at least 40,000 rows/s for one year of 1m. Then the estimate for five years of BTCUSDT 1m
 against the real Binance, from the measured pace and Binance's request weight budget
 (docs/providers.md: 6000 weight per minute per IP, klines weight 2, this client stopping at
@@ -20,6 +22,7 @@ import argparse
 import contextlib
 import logging
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,17 +34,51 @@ sys.path.insert(0, str(ROOT / "layers" / "shared" / "python"))
 
 import bench_cache  # noqa: E402
 from bench_cache import API_KEY, NOW, database  # noqa: E402
-from bench_peer import DELAY_SECONDS, DelayProxy  # noqa: E402
+from bench_peer import DELAY_SECONDS  # noqa: E402
 
 from marketdata.backfill import PlannedJob, run_backfill  # noqa: E402
 from marketdata.intervals import Interval  # noqa: E402
 from marketdata.limits import backfill_pages_per_minute  # noqa: E402
 from marketdata.store import CandleStore  # noqa: E402
-from tests.support.fake_upstream import FakeUpstream  # noqa: E402
 
 SYMBOL = "BTCUSDT"
 TARGET_ROWS_PER_SECOND = 40_000
 FIVE_YEARS_OF_1M = 5 * 365 * 1440
+
+
+class _Upstream:
+    """The delayed fake upstream in a child process; `url` and a frozen `clock` at NOW."""
+
+    SCRIPT = (
+        "import sys, time\n"
+        "sys.path[:0] = sys.argv[1:4]\n"
+        "from bench_peer import DELAY_SECONDS, DelayProxy\n"
+        "from tests.support.fake_upstream import FakeUpstream\n"
+        "fake = FakeUpstream(api_keys=[sys.argv[4]]).start()\n"
+        "fake.now = float(sys.argv[5])\n"
+        "proxy = DelayProxy(fake.url, DELAY_SECONDS).start()\n"
+        "print(proxy.url, flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+
+    def __init__(self) -> None:
+        paths = [str(ROOT), str(ROOT / "bench"), str(ROOT / "layers" / "shared" / "python")]
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", self.SCRIPT, *paths, API_KEY, str(NOW)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        assert self._proc.stdout is not None
+        self.url = self._proc.stdout.readline().strip()
+
+    @staticmethod
+    def clock() -> float:
+        return float(NOW)
+
+    def stop(self) -> None:
+        assert self._proc.stdin is not None
+        self._proc.stdin.close()
+        self._proc.terminate()
+        self._proc.wait(10)
 
 
 def backfill(url: str, upstream: object, raw: object, *, days: int, parallel: int) -> tuple[int, float, int]:
@@ -73,12 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("marketdata").setLevel(logging.WARNING)
     os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
 
-    fake = FakeUpstream(api_keys=[API_KEY]).start()
-    fake.now = NOW
-    proxy = DelayProxy(fake.url, DELAY_SECONDS).start()
+    upstream = _Upstream()
     try:
         with database() as url, contextlib.closing(bench_cache._connect(url)) as raw:
-            upstream = type("Delayed", (), {"url": proxy.url, "clock": fake.clock})()
             print(f"bench_backfill: fake upstream + {DELAY_SECONDS * 1000:.0f} ms per request, {SYMBOL} 1m,"
                   f" real Binance client and store", flush=True)
             print(f"    {'pages in flight':<16} {'days':>5} {'rows':>10} {'pages':>6} {'seconds':>8}"
@@ -105,8 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                 " min when a round trip to Binance is about 50 ms"
             )
     finally:
-        proxy.stop()
-        fake.stop()
+        upstream.stop()
     return 0
 
 

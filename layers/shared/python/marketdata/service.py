@@ -111,7 +111,7 @@ _MAX_WIDENINGS = 8
 _MAX_EMPTY_WIDENINGS = 3
 # A fill round after the first stops after this many pages per page-pool worker and commits, so the
 # series' lock is never held for a whole backfill (others wait for it) and a crash loses one round.
-_ROUND_PAGES_PER_WORKER = 8
+_ROUND_PAGES_PER_WORKER = 16
 # Forex has few bars from Friday 17:00 to Sunday 17:00 New York (about 2 days of 7; some weekends have
 # bars, most do not) plus a few holidays: start with 1.5 slots per wanted bar so that one window usually
 # suffices. Only an estimate: every bar the provider serves is kept, whatever the day.
