@@ -157,23 +157,34 @@ def _progress(pages: int, covered: int) -> JobProgress:
     return live
 
 
-def test_terminal_progress_redraws_one_line_on_a_tty() -> None:
+def test_terminal_progress_draws_a_rich_bar_on_a_tty() -> None:
     out = io.StringIO()
-    display = TerminalProgress(out, tty=True, redraw_every=0.0)
+    display = TerminalProgress(out, tty=True)
+    assert display.rich  # rich is a dev dependency: installed here
     display.job_started(_progress(0, 0))
     display.page_stored(_progress(1, 1000))
     display.page_stored(_progress(2, 2000))
     display.job_finished(
         _progress(2, 2000), JobResult("BTCUSDT", "1m", JobStatus.PARTIAL, pages=2, error="stopped")
     )
+    display.close()
     text = out.getvalue()
-    assert text.count("\r\x1b[K") >= 3
+    assert "\x1b[" in text  # drawn in place with terminal controls
     # 3000 of 4000 covered, 2000 in 10 s: 200 rows/s, 1000 bars left at 200 bars/s = 5 s.
-    assert (
-        "[1/2] BTCUSDT 1m [##################------]  75.0% 3,000/4,000 bars  2 pages  200 rows/s  ETA 00:05"
-        in text
-    )
-    assert text.endswith("BTCUSDT 1m: partial: stopped\n")
+    assert "[1/2] BTCUSDT 1m" in text
+    assert "75.0% 3,000/4,000 bars  2 pages  200 rows/s  ETA 00:05" in text
+    assert "BTCUSDT 1m: partial: stopped\n" in text
+
+
+def test_without_rich_the_progress_is_plain_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "rich", None)  # import rich... raises ImportError
+    monkeypatch.setitem(sys.modules, "rich.console", None)
+    monkeypatch.setitem(sys.modules, "rich.progress", None)
+    out = io.StringIO()
+    display = TerminalProgress(out, tty=True)
+    assert not display.rich
+    display.page_stored(_progress(1, 1000))
+    assert out.getvalue().endswith("50.0% 2,000/4,000 bars  1 pages  100 rows/s  ETA 00:20\n")
 
 
 def test_plain_progress_writes_whole_lines() -> None:
@@ -185,6 +196,20 @@ def test_plain_progress_writes_whole_lines() -> None:
     assert len(lines) == 2 and "\r" not in out.getvalue()
     assert "50.0% 2,000/4,000 bars  1 pages" in lines[0]
     assert lines[1].endswith("(waiting 42 s: rate limit)")
+
+
+def test_the_eta_includes_the_rate_limit_pauses_ahead_and_the_wait_in_progress() -> None:
+    live = _progress(1, 1000)  # 2000 bars left at 100 bars/s: 20 s at the fetching pace
+    assert live.eta_seconds == pytest.approx(20.0)
+    # A budget of 1 page (1000 bars) per minute: the 2 pages left take 2 minutes, whatever the pace.
+    live.bars_per_page, live.pages_per_minute = 1000, 1.0
+    assert live.eta_seconds == pytest.approx(120.0)
+    # 5 s of the 10 s elapsed were a rate-limit wait: the fetching pace is 200 bars/s, not 100.
+    live.pages_per_minute, live.waited = None, 5.0
+    assert live.eta_seconds == pytest.approx(10.0)
+    # Waiting now, 20 s to go: they come on top.
+    live.waiting_until = live.now + 20
+    assert live.eta_seconds == pytest.approx(30.0)
 
 
 def test_summary_table_lists_every_job_and_the_totals() -> None:
@@ -199,12 +224,26 @@ def test_summary_table_lists_every_job_and_the_totals() -> None:
     )
     text = format_summary(summary)
     lines = text.splitlines()
+    assert lines[0].split() == ["SYMBOL", "INTERVAL", "STATUS", "PAGES", "ROWS", "COVERED", "UNTIL", "NOTE"]
     assert lines[1].split() == ["BTCUSDT", "1m", "complete", "3", "2,500", "1970-01-02T00:00:00Z"]
     assert lines[2].split() == ["EUR/USD", "1H", "deferred", "0", "0", "-", "not", "started"]
     assert (
         lines[3] == "total: 2 job(s) (1 complete, 1 deferred), 3 page(s), 2,500 rows in 2.0 s (1,250 rows/s)"
     )
     assert summary.ok
+
+
+def test_without_rich_the_summary_is_one_line_per_job(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "rich", None)
+    monkeypatch.setitem(sys.modules, "rich.console", None)
+    monkeypatch.setitem(sys.modules, "rich.table", None)
+    summary = BackfillSummary(
+        [JobResult("EUR/USD", "1H", JobStatus.DEFERRED, error="not started")], elapsed_seconds=1.0
+    )
+    assert format_summary(summary).splitlines() == [
+        "EUR/USD 1H: deferred, 0 page(s), 0 rows, covered until -: not started",
+        "total: 1 job(s) (1 deferred), 0 page(s), 0 rows in 1.0 s (0 rows/s)",
+    ]
 
 
 def test_cli_max_seconds_defers_what_does_not_fit(

@@ -46,6 +46,13 @@ def wiring(fake_upstream: FakeUpstream, store: CandleStore, settings: Settings) 
     return wire(fake_upstream, store, settings)
 
 
+@pytest.fixture
+def sequential(fake_upstream: FakeUpstream, store: CandleStore, settings: Settings) -> Wiring:
+    """One page in flight at a time (FILL_PARALLEL_PAGES=1), for what happens right after a page."""
+    fake_upstream.now = NOW
+    return wire(fake_upstream, store, settings.model_copy(update={"fill_parallel_pages": 1}))
+
+
 def run(wiring: Wiring, jobs, *, deadline: float = math.inf, progress=None):
     return run_backfill(
         jobs, wiring.service, clock=wiring.clock, deadline=deadline, progress=progress, sleep=wiring.sleep
@@ -137,8 +144,9 @@ def test_a_second_run_makes_no_provider_call(wiring: Wiring, fake_upstream: Fake
 
 
 def test_a_deadline_stops_cleanly_and_the_next_run_resumes(
-    wiring: Wiring, fake_upstream: FakeUpstream, store
+    sequential: Wiring, fake_upstream: FakeUpstream, store
 ) -> None:
+    wiring = sequential
     since = bars_back("1m", 4500)
     lo, hi = span("1m", since, NOW)
     deadline = NOW + 0.5
@@ -175,6 +183,29 @@ def test_a_deadline_stops_cleanly_and_the_next_run_resumes(
     assert resumed.jobs[0].rows_written == 2500
     assert stored(store, "BTCUSDT", "1m", 0, NOW) == truth(fake_upstream, "BTCUSDT", "1m", lo, hi)
     assert store.read_coverage("BTCUSDT", M1, lo, hi) == [(lo, hi)]
+
+
+def test_a_deadline_passing_mid_round_stores_the_pages_in_flight_and_sends_no_more(
+    fake_upstream: FakeUpstream, store, settings: Settings
+) -> None:
+    fake_upstream.now = NOW
+    wiring = wire(fake_upstream, store, settings.model_copy(update={"fill_parallel_pages": 2}))
+    since = bars_back("1m", 6000)
+    lo, hi = span("1m", since, NOW)
+
+    def pass_deadline_after_two_pages(progress: JobProgress) -> None:
+        if progress.pages == 2:
+            fake_upstream.advance(1)
+
+    summary = run(wiring, [job("BTCUSDT", "1m", since)], deadline=NOW + 0.5,
+                  progress=Recorder(pass_deadline_after_two_pages))
+    [btc] = summary.jobs
+    # Page 1 alone, then pages 2 and 3 together: page 3 was in flight when the deadline passed, so it
+    # is stored too; nothing was sent after.
+    assert btc.status is JobStatus.PARTIAL and btc.pages == 3 and btc.rows_written == 3000
+    assert fake_upstream.count(KLINES) == 3
+    assert store.read_coverage("BTCUSDT", M1, lo, hi) == [(lo, add_bars(M1, lo, 2999))]
+    assert btc.covered_until == add_bars(M1, lo, 2999)
 
 
 def test_a_deadline_already_passed_starts_nothing(wiring: Wiring, fake_upstream: FakeUpstream) -> None:
@@ -238,8 +269,9 @@ def test_a_plan_gated_pair_fails_its_job_with_the_reason_and_the_others_run(
 
 
 def test_a_provider_failure_mid_job_keeps_the_pages_stored_before_it(
-    wiring: Wiring, fake_upstream: FakeUpstream, store
+    sequential: Wiring, fake_upstream: FakeUpstream, store
 ) -> None:
+    wiring = sequential
     since = bars_back("1m", 3000)
     lo, hi = span("1m", since, NOW)
     fail_after_one_page = Recorder(lambda p: fake_upstream.fail_next(10, 500, KLINES))
@@ -426,7 +458,10 @@ def test_another_filler_holding_the_range_defers_the_job(
     assert [r.query["symbol"] for r in fake_upstream.requests] == ["ETHUSDT"]
 
 
-def test_failed_job_reports_the_coverage_it_left(wiring: Wiring, fake_upstream: FakeUpstream, store) -> None:
+def test_failed_job_reports_the_coverage_it_left(
+    sequential: Wiring, fake_upstream: FakeUpstream, store
+) -> None:
+    wiring = sequential
     since = bars_back("1m", 2500)
     lo, hi = span("1m", since, NOW)
     fail_after_two_pages = Recorder(lambda p: p.pages == 2 and fake_upstream.fail_next(10, 503, KLINES))

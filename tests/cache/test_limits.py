@@ -216,8 +216,10 @@ def test_a_request_answers_partial_before_its_deadline(make, fake) -> None:
     t0 = time.monotonic()
     result = service.get_historical_candles("BTCUSDT", "1m", start=start, limit=5000, timeout=3.5)
     elapsed = time.monotonic() - t0
-    # The first page took 2 s; the second was cut to the 1.5 s left and timed out; none was started after.
-    assert result.cache is CacheStatus.PARTIAL and fake.count(KLINES) == 2
+    # The first page took 2 s; the others, fetched in parallel, were sent at once (those that still had
+    # a request's minimum of time left), each cut to the time left, and timed out; none was started
+    # after the deadline.
+    assert result.cache is CacheStatus.PARTIAL and 1 <= fake.count(KLINES) <= 5
     truth = fake.expected_candles("BTCUSDT", "1m", start, add_bars(M1, start, 999))
     assert result.candles == truth and result.next_start == add_bars(M1, start, 1000)
     assert elapsed < 3.5 + 2.0  # generous: the point is that no request was started past the deadline

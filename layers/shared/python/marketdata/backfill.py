@@ -4,11 +4,13 @@ Two callers run the same code:
 - the scheduled Lambda (functions/backfill/app.py): EventBridge Scheduler delivers the schedule's Input
   as the event itself, a jobs document such as
   ``{"jobs": [{"symbol": "BTCUSDT", "interval": "1m", "since": "2024-01-01"}]}``;
-- developers: ``python -m marketdata.backfill BTCUSDT:1m:2024-01-01 EUR/USD:1H`` (progress bar on stderr).
+- developers: ``python -m marketdata.backfill BTCUSDT:1m:2024-01-01 EUR/USD:1H`` (progress bar on stderr,
+  drawn by rich when it is installed: a dev/CLI dependency, imported only by the command line).
 
 Each job is one `MarketDataService.fill_gaps(symbol, interval, start=since)` call: it reads coverage,
-fetches only what coverage lacks, oldest first, one provider page per transaction (bars and coverage
-committed together), up to the newest closed bar. Coverage is therefore the only state a backfill has:
+fetches only what coverage lacks, oldest first, FILL_PARALLEL_PAGES provider pages in flight, storing
+each page's bars and coverage together as it arrives (committed every few pages), up to the newest
+closed bar. Coverage is therefore the only state a backfill has:
 a run stopped anywhere (deadline, crash, Lambda timeout, Ctrl-C) leaves the cache valid, and the next run
 resumes where it stopped without refetching anything. Runs are idempotent; a second run of a finished job
 makes no provider call.
@@ -369,6 +371,12 @@ class JobProgress:
     pages: int = 0
     bars_fetched: int = 0  # closed bars received (what rows/s counts)
     reached: int | None = None  # end of the newest page stored
+    # The provider budget the backfill may use (MarketDataService.backfill_pace): bar slots per page and
+    # pages per minute (None: not bounded by a budget), so the ETA includes the pauses still ahead.
+    bars_per_page: int = 0
+    pages_per_minute: float | None = None
+    waited: float = 0.0  # seconds slept in rate-limit waits so far
+    waiting_until: float | None = None  # clock() when the current wait ends, while waiting
 
     @property
     def bars_covered(self) -> int:
@@ -384,10 +392,19 @@ class JobProgress:
 
     @property
     def eta_seconds(self) -> float | None:
-        """Time left at the pace of this run so far (None until there is a pace)."""
-        if self.covered_now <= 0 or self.elapsed <= 0:
+        """Time left (None until there is a pace): the bars left at this run's fetching pace (waits left
+        out), or, when slower, at the pace the provider budget allows (the rate-limit pauses it will
+        force), plus what is left of a wait in progress."""
+        fetching = self.elapsed - self.waited
+        if self.covered_now <= 0 or fetching <= 0:
             return None
-        return max(0, self.bars_needed - self.bars_covered) * self.elapsed / self.covered_now
+        left = max(0, self.bars_needed - self.bars_covered)
+        eta = left * fetching / self.covered_now
+        if self.pages_per_minute and self.bars_per_page:
+            eta = max(eta, math.ceil(left / self.bars_per_page) / self.pages_per_minute * 60.0)
+        if self.waiting_until is not None:
+            eta += max(0.0, self.waiting_until - self.now)
+        return eta
 
 
 class BackfillProgress(Protocol):
@@ -434,10 +451,10 @@ def run_backfill(
             )
         else:
             job = job.as_stored(service)
-            live = _new_progress(index, total, job, clock())
-            result = _run_job(
+            live = _new_progress(index, total, job, clock(), service)
+            result = _JobRun(
                 job, service, live, clock=clock, deadline=deadline, progress=progress, sleep=sleep
-            )
+            ).run()
         results.append(result)
         _log_result(result)
         if progress is not None:
@@ -445,9 +462,16 @@ def run_backfill(
     return BackfillSummary(results, elapsed_seconds=max(0.0, clock() - started))
 
 
-def _new_progress(index: int, total: int, job: PlannedJob, now: float) -> JobProgress:
+def _new_progress(
+    index: int, total: int, job: PlannedJob, now: float, service: MarketDataService
+) -> JobProgress:
     needed = count_bars(job.interval, job.since, last_closed_open(job.interval, now))
-    return JobProgress(index, total, job, needed, started=now, now=now)
+    try:
+        bars_per_page, pages_per_minute = service.backfill_pace(job.symbol)
+    except MarketDataError:
+        bars_per_page, pages_per_minute = 0, None  # no provider for it: the fill itself reports why
+    return JobProgress(index, total, job, needed, started=now, now=now, bars_per_page=bars_per_page,
+                       pages_per_minute=pages_per_minute)
 
 
 def _covered_slots(service: MarketDataService, job: PlannedJob, bars_needed: int, now: float) -> int:
@@ -478,102 +502,129 @@ def _covered_until(service: MarketDataService, job: PlannedJob, live: JobProgres
     return next((end for start, end in covered if start <= first <= end), None)
 
 
-def _run_job(
-    job: PlannedJob,
-    service: MarketDataService,
-    live: JobProgress,
-    *,
-    clock: Clock,
-    deadline: float,
-    progress: BackfillProgress | None,
-    sleep: Sleep,
-) -> JobResult:
-    attempt_rows = 0  # bars of the pages of the current fill_gaps call (its report is lost if it raises)
+class _JobRun:
+    """One job of a run: `fill_gaps` called until the job is complete, the deadline passes, a rate limit
+    does not clear in time, or it fails. Rate-limit waits are slept here and the fill resumes from
+    coverage; every outcome is a JobResult."""
 
-    def on_page(page: Page) -> None:
-        nonlocal attempt_rows
-        live.now = clock()
-        live.pages += 1
-        live.bars_fetched += len(page.candles)
-        attempt_rows += len(page.candles)
-        if page.covers_closed_bars:
-            live.covered_now += count_bars(job.interval, page.start, page.end)
-            live.reached = page.end if live.reached is None else max(live.reached, page.end)
-        if progress is not None:
-            progress.page_stored(live)
+    def __init__(
+        self,
+        job: PlannedJob,
+        service: MarketDataService,
+        live: JobProgress,
+        *,
+        clock: Clock,
+        deadline: float,
+        progress: BackfillProgress | None,
+        sleep: Sleep,
+    ) -> None:
+        self.job = job
+        self.service = service
+        self.live = live
+        self.clock = clock
+        self.deadline = deadline
+        self.progress = progress
+        self.sleep = sleep
+        self.rows = 0  # rows of the fill_gaps calls that returned a report, and of those that raised
+        self.attempt_rows = 0  # bars of the current call's pages (its report is lost if it raises)
+        self.idle_waits = 0  # rate-limit waits in a row with no page stored in between
 
-    rows = 0
-    idle_waits = 0
-
-    def result(status: JobStatus, covered_until: int | None, error: str | None = None) -> JobResult:
-        live.now = clock()
-        return JobResult(
-            job.symbol,
-            job.named,
-            status,
-            since=job.since,
-            pages=live.pages,
-            rows_written=rows,
-            covered_until=covered_until,
-            error=error,
-        )
-
-    try:
-        live.covered_before = _covered_slots(service, job, live.bars_needed, live.started)
-    except DatabaseUnavailable as exc:  # fill_gaps would fail the same way: do not wait for it twice
-        return result(JobStatus.FAILED, None, _failure_message(exc, 0))
-    if progress is not None:
-        progress.job_started(live)
-    while True:
-        pages_before, attempt_rows = live.pages, 0
+    def run(self) -> JobResult:
         try:
-            report = service.fill_gaps(
-                job.symbol, job.interval, job.since, None, deadline=deadline, on_page=on_page
+            self.live.covered_before = _covered_slots(self.service, self.job, self.live.bars_needed,
+                                                      self.live.started)
+        except DatabaseUnavailable as exc:  # fill_gaps would fail the same way: do not wait for it twice
+            return self._result(JobStatus.FAILED, None, _failure_message(exc, 0))
+        if self.progress is not None:
+            self.progress.job_started(self.live)
+        while True:
+            result = self._attempt()
+            if result is not None:
+                return result
+
+    def _attempt(self) -> JobResult | None:
+        """One fill_gaps call: its JobResult, or None after a rate-limit wait (call again)."""
+        job, live = self.job, self.live
+        pages_before, self.attempt_rows = live.pages, 0
+        try:
+            report = self.service.fill_gaps(
+                job.symbol, job.interval, job.since, None, deadline=self.deadline, on_page=self._on_page
             )
         except UpstreamRateLimited as exc:
-            rows += attempt_rows
-            idle_waits = 0 if live.pages > pages_before else idle_waits + 1
-            wait = exc.retry_after
-            if wait is not None and idle_waits <= _MAX_IDLE_WAITS and clock() + wait < deadline:
-                logger.info(
-                    "rate limited; waiting before the next page",
-                    extra={
-                        "symbol": job.symbol,
-                        "interval": job.interval.value,
-                        "wait_seconds": round(wait, 1),
-                    },
-                )
-                if progress is not None:
-                    progress.waiting(live, wait, exc.message)
-                sleep(wait)
-                continue
-            status = JobStatus.PARTIAL if live.pages else JobStatus.DEFERRED
-            covered = _covered_until(service, job, live)
-            return result(status, covered, f"rate limited, resumes next run: {exc.message}")
-        except (
-            MarketDataError
-        ) as exc:  # SymbolNotFound, SymbolNotInPlan, Upstream*, DatabaseUnavailable, ConfigurationError...
-            rows += attempt_rows
-            return result(
-                JobStatus.FAILED, _covered_until(service, job, live), _failure_message(exc, live.pages)
-            )
+            self.rows += self.attempt_rows
+            return self._rate_limited(exc, stored_pages=live.pages > pages_before)
+        except MarketDataError as exc:
+            # SymbolNotFound, SymbolNotInPlan, Upstream*, DatabaseUnavailable, ConfigurationError...
+            self.rows += self.attempt_rows
+            return self._result(JobStatus.FAILED, self._covered_until(), _failure_message(exc, live.pages))
         except Exception as exc:  # a bug must not cost the other jobs their run
-            rows += attempt_rows
+            self.rows += self.attempt_rows
             logger.exception(
                 "backfill job crashed", extra={"symbol": job.symbol, "interval": job.interval.value}
             )
-            return result(JobStatus.FAILED, live.reached, f"internal error ({type(exc).__name__})")
-        rows += report.rows_written
+            return self._result(JobStatus.FAILED, live.reached, f"internal error ({type(exc).__name__})")
+        self.rows += report.rows_written
         if report.complete:
-            return result(JobStatus.COMPLETE, report.covered_until)
-        status = JobStatus.PARTIAL if live.pages else JobStatus.DEFERRED
-        if clock() >= deadline:
+            return self._result(JobStatus.COMPLETE, report.covered_until)
+        if self.clock() >= self.deadline:
             why = "stopped at the deadline" if live.pages else "no time left to start a page"
         else:
             # fill_gaps also stops early when another process holds this symbol and interval (single
             # flight) or when the provider has nothing more for the range right now.
             why = "stopped early: another process is filling this range, or the provider had nothing more"
-        return result(status, report.covered_until, f"{why}; the next run resumes")
+        return self._result(self._unfinished(), report.covered_until, f"{why}; the next run resumes")
+
+    def _on_page(self, page: Page) -> None:
+        live = self.live
+        live.now = self.clock()
+        live.pages += 1
+        live.bars_fetched += len(page.candles)
+        self.attempt_rows += len(page.candles)
+        if page.covers_closed_bars:
+            live.covered_now += count_bars(self.job.interval, page.start, page.end)
+            live.reached = page.end if live.reached is None else max(live.reached, page.end)
+        if self.progress is not None:
+            self.progress.page_stored(live)
+
+    def _rate_limited(self, exc: UpstreamRateLimited, *, stored_pages: bool) -> JobResult | None:
+        """Sleep the wait when it fits the time left (None: go on), else end the job for this run."""
+        self.idle_waits = 0 if stored_pages else self.idle_waits + 1
+        wait = exc.retry_after
+        if wait is not None and self.idle_waits <= _MAX_IDLE_WAITS and self.clock() + wait < self.deadline:
+            logger.info(
+                "rate limited; waiting before the next page",
+                extra={"symbol": self.job.symbol, "interval": self.job.interval.value,
+                       "wait_seconds": round(wait, 1)},
+            )
+            self.live.now = self.clock()
+            self.live.waiting_until = self.live.now + wait
+            if self.progress is not None:
+                self.progress.waiting(self.live, wait, exc.message)
+            self.sleep(wait)
+            self.live.waited += wait
+            self.live.waiting_until = None
+            return None
+        return self._result(self._unfinished(), self._covered_until(),
+                            f"rate limited, resumes next run: {exc.message}")
+
+    def _unfinished(self) -> JobStatus:
+        return JobStatus.PARTIAL if self.live.pages else JobStatus.DEFERRED
+
+    def _covered_until(self) -> int | None:
+        return _covered_until(self.service, self.job, self.live)
+
+    def _result(self, status: JobStatus, covered_until: int | None, error: str | None = None) -> JobResult:
+        self.live.now = self.clock()
+        return JobResult(
+            self.job.symbol,
+            self.job.named,
+            status,
+            since=self.job.since,
+            pages=self.live.pages,
+            rows_written=self.rows,
+            covered_until=covered_until,
+            error=error,
+        )
 
 
 def _failure_message(exc: MarketDataError, pages: int) -> str:
@@ -626,70 +677,117 @@ def _duration(seconds: float | None) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
 
 
+def _figures(p: JobProgress) -> str:
+    share = p.bars_covered / p.bars_needed if p.bars_needed else 1.0
+    return (
+        f"{share * 100:5.1f}% {p.bars_covered:,}/{p.bars_needed:,} bars  {p.pages} pages  "
+        f"{p.rows_per_second:,.0f} rows/s  ETA {_duration(p.eta_seconds)}"
+    )
+
+
+def _label(p: JobProgress) -> str:
+    return f"[{p.index}/{p.total_jobs}] {p.job.label}"
+
+
+def _result_line(result: JobResult) -> str:
+    tail = f": {result.error}" if result.error else ""
+    return f"    {result.symbol} {result.interval}: {result.status.value}{tail}"
+
+
 class TerminalProgress:
-    """A progress bar on a terminal (one line redrawn in place), one plain line per update otherwise
-    (CI logs). Standard library only."""
+    """The command line's progress display: a `rich` progress bar on a terminal, one plain line per
+    update elsewhere (CI logs) or when rich is not installed. rich is a dev/CLI dependency, imported only
+    here (never on the Lambda path: the backfill Lambda reports through its log lines)."""
 
-    def __init__(
-        self,
-        stream: TextIO | None = None,
-        *,
-        tty: bool | None = None,
-        width: int = 24,
-        redraw_every: float = 0.1,
-    ) -> None:
+    def __init__(self, stream: TextIO | None = None, *, tty: bool | None = None) -> None:
         self.stream = stream if stream is not None else sys.stderr
-        self.tty = self.stream.isatty() if tty is None else tty
-        self.width = width
-        self._redraw_every = redraw_every
-        self._last_draw = -math.inf
+        tty = self.stream.isatty() if tty is None else tty
+        self._bar = _RichBar.create(self.stream) if tty else None
+        self._task: Any = None
 
-    def _emit(self, text: str, *, final: bool = False, force: bool = False) -> None:
-        """On a terminal: redraw the current line (at most every `redraw_every` s unless final/force),
-        ending it when final. Elsewhere: one line per call."""
-        if self.tty:
-            now = time.monotonic()
-            if not (final or force) and now - self._last_draw < self._redraw_every:
-                return
-            self._last_draw = now
-            self.stream.write("\r\x1b[K" + text + ("\n" if final else ""))
-        else:
-            self.stream.write(text + "\n")
+    @property
+    def rich(self) -> bool:
+        """Whether the rich progress bar is shown (else plain lines)."""
+        return self._bar is not None
+
+    def _plain(self, text: str) -> None:
+        self.stream.write(text + "\n")
         self.stream.flush()
 
-    def _line(self, p: JobProgress) -> str:
-        share = p.bars_covered / p.bars_needed if p.bars_needed else 1.0
-        filled = round(share * self.width)
-        bar = "#" * filled + "-" * (self.width - filled)
-        return (
-            f"[{p.index}/{p.total_jobs}] {p.job.label} [{bar}] {share * 100:5.1f}% "
-            f"{p.bars_covered:,}/{p.bars_needed:,} bars  {p.pages} pages  "
-            f"{p.rows_per_second:,.0f} rows/s  ETA {_duration(p.eta_seconds)}"
-        )
-
     def job_started(self, progress: JobProgress) -> None:
-        self._emit(
-            f"[{progress.index}/{progress.total_jobs}] {progress.job.label} since "
-            f"{iso_utc(progress.job.since)}: {progress.bars_needed:,} bars to cover",
-            final=True,
-        )
+        if self._bar is None:
+            since = iso_utc(progress.job.since)
+            self._plain(f"{_label(progress)} since {since}: {progress.bars_needed:,} bars to cover")
+            return
+        self._task = self._bar.add(_label(progress), progress)
 
     def page_stored(self, progress: JobProgress) -> None:
-        self._emit(self._line(progress))
+        if self._bar is None:
+            self._plain(f"{_label(progress)} {_figures(progress)}")
+        else:
+            self._bar.update(self._task, progress, note="")
 
     def waiting(self, progress: JobProgress, seconds: float, reason: str) -> None:
-        self._emit(f"{self._line(progress)}  (waiting {seconds:.0f} s: rate limit)", force=True)
+        note = f"(waiting {seconds:.0f} s: rate limit)"
+        if self._bar is None:
+            self._plain(f"{_label(progress)} {_figures(progress)}  {note}")
+        else:
+            self._bar.update(self._task, progress, note=note)
 
     def job_finished(self, progress: JobProgress | None, result: JobResult) -> None:
-        if self.tty and progress is not None and progress.pages:
-            self._emit(self._line(progress), final=True)  # the last state, which throttling may have skipped
-        tail = f": {result.error}" if result.error else ""
-        self._emit(f"    {result.symbol} {result.interval}: {result.status.value}{tail}", final=True)
+        if self._bar is None:
+            self._plain(_result_line(result))
+            return
+        if progress is not None and self._task is not None:
+            self._bar.update(self._task, progress, note="")
+        self._bar.console.print(_result_line(result), markup=False, highlight=False)
+        self._task = None
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.progress.stop()
+
+
+class _RichBar:
+    """rich's Progress with this backfill's columns (its own ETA column would ignore rate-limit pauses:
+    JobProgress.eta_seconds is shown instead)."""
+
+    def __init__(self, progress: Any, console: Any) -> None:
+        self.progress = progress
+        self.console = console
+
+    @classmethod
+    def create(cls, stream: TextIO) -> _RichBar | None:
+        try:
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TextColumn
+        except ImportError:
+            return None
+        console = Console(file=stream, force_terminal=True, highlight=False)
+        progress = Progress(
+            TextColumn("{task.description}", markup=False),
+            BarColumn(),
+            TextColumn("{task.fields[figures]} {task.fields[note]}", markup=False),
+            console=console,
+            refresh_per_second=10,
+        )
+        progress.start()
+        return cls(progress, console)
+
+    def add(self, label: str, p: JobProgress) -> Any:
+        return self.progress.add_task(
+            label, total=max(1, p.bars_needed), completed=p.bars_covered, figures=_figures(p), note=""
+        )
+
+    def update(self, task: Any, p: JobProgress, *, note: str) -> None:
+        self.progress.update(task, completed=p.bars_covered, figures=_figures(p), note=note)
+
+
+_SUMMARY_HEADER = ("SYMBOL", "INTERVAL", "STATUS", "PAGES", "ROWS", "COVERED UNTIL", "NOTE")
 
 
 def format_summary(summary: BackfillSummary) -> str:
-    """The summary as a plain text table."""
-    header = ("SYMBOL", "INTERVAL", "STATUS", "PAGES", "ROWS", "COVERED UNTIL", "NOTE")
+    """The summary as a text table (rendered by rich; one plain line per job without it), then totals."""
     rows = [
         (
             job.symbol,
@@ -702,11 +800,11 @@ def format_summary(summary: BackfillSummary) -> str:
         )
         for job in summary.jobs
     ]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
-    lines = [
-        "  ".join(cell.ljust(w) for cell, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1]
-        for r in [header, *rows]
-    ]
+    try:
+        lines = _rich_table(rows)
+    except ImportError:
+        lines = [f"{r[0]} {r[1]}: {r[2]}, {r[3]} page(s), {r[4]} rows, covered until {r[5]}"
+                 + (f": {r[6]}" if r[6] else "") for r in rows]
     counts = ", ".join(f"{summary.count(s)} {s.value}" for s in JobStatus if summary.count(s))
     rate = summary.rows_written / summary.elapsed_seconds if summary.elapsed_seconds > 0 else 0.0
     lines.append(
@@ -714,6 +812,21 @@ def format_summary(summary: BackfillSummary) -> str:
         f"{summary.rows_written:,} rows in {summary.elapsed_seconds:.1f} s ({rate:,.0f} rows/s)"
     )
     return "\n".join(line.rstrip() for line in lines)
+
+
+def _rich_table(rows: Sequence[Sequence[str]]) -> list[str]:
+    """The rows under _SUMMARY_HEADER as plain text lines, laid out by rich (ImportError without it)."""
+    import io
+
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(*_SUMMARY_HEADER, box=None, pad_edge=False, show_edge=False, header_style="")
+    for row in rows:
+        table.add_row(*row)
+    out = io.StringIO()
+    Console(file=out, width=250, color_system=None, force_terminal=False).print(table)
+    return out.getvalue().splitlines()
 
 
 def _job_from_spec(spec: str) -> dict[str, str]:
@@ -786,14 +899,16 @@ def main(argv: Sequence[str] | None = None, *, clock: Clock = time.time) -> int:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2
     deadline = now + args.max_seconds if args.max_seconds is not None else math.inf
+    display = TerminalProgress()
     try:
-        summary = run_backfill(jobs, service, clock=clock, deadline=deadline, progress=TerminalProgress())
+        summary = run_backfill(jobs, service, clock=clock, deadline=deadline, progress=display)
     except KeyboardInterrupt:
+        display.close()
         print("\ninterrupted: every page stored so far is kept; run again to resume", file=sys.stderr)
         return 130
     finally:
-        if service.store is not None:
-            service.store.close()
+        display.close()
+        service.close()
     print(json.dumps(summary.to_dict(), indent=2) if args.json else format_summary(summary))
     return 0 if summary.ok else 1
 

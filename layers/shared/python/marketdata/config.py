@@ -117,6 +117,10 @@ class Settings(BaseModel):
     twelve_data_max_requests_per_call: int = Field(
         2, ge=1, le=100, validation_alias="TWELVE_DATA_MAX_REQUESTS_PER_CALL"
     )
+    # Provider pages of one range fetched at once (a cold answer's pages after the first, the backfill's),
+    # each inside the request's limits and the provider budgets (Binance weight, Twelve Data credits). At
+    # most 8: each provider client's HTTP pool holds 10 connections (providers/http.py).
+    fill_parallel_pages: int = Field(4, ge=1, le=8, validation_alias="FILL_PARALLEL_PAGES")
     # Time one request may take when the caller does not say (a Lambda says: its remaining time), and the
     # margin kept free before a Lambda's timeout for the answer itself.
     request_timeout_seconds: float = Field(25.0, gt=0, validation_alias="REQUEST_TIMEOUT_SECONDS")

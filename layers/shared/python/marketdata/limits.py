@@ -127,3 +127,16 @@ def quota_for(provider: str, settings: Settings) -> ProviderQuota:
         open_bar_ttl=settings.binance_open_bar_ttl_seconds,
         max_per_request=settings.binance_max_requests_per_call,
     )
+
+
+def backfill_pages_per_minute(provider: str, settings: Settings) -> float | None:
+    """Provider pages per minute the backfill may use at most (its share of the shared quota; Binance:
+    the weight guard's threshold over the klines weight), or None where nothing bounds it."""
+    if provider == "twelve_data":
+        per_minute, _ = quota_for(provider, settings).caps(interactive=False)
+        return None if per_minute is None else float(per_minute)
+    if provider == "binance":
+        from marketdata.providers.binance import KLINES_WEIGHT  # the backfill imports the client anyway
+
+        return settings.binance_weight_safety_share * settings.binance_weight_limit / KLINES_WEIGHT
+    return None

@@ -32,6 +32,7 @@ from marketdata.intervals import (
     Interval,
     bar_open,
     first_open_at_or_after,
+    fixed_grid,
     is_aligned,
     last_closed_open,
 )
@@ -272,6 +273,41 @@ def validate_bar(
         close=float(close),
         volume=float(volume),
     )
+
+
+def validate_bars(
+    interval: Interval, rows: Iterable[tuple[float, float, float, float, float, float]], *, source: str = ""
+) -> tuple[list[Candle], int]:
+    """validate_bar for a page of (time, open, high, low, close, volume) rows: (the Candles, how many
+    were dropped). The checks of _bar_problem in one expression per row, with no call per bar (a
+    profile of a cold 5000-bar answer showed validate_bar's calls costing 15 times the JSON decoding);
+    a row failing them goes through validate_bar, which says why and drops it."""
+    grid = fixed_grid(interval)
+    width, offset = grid if grid is not None else (0, 0)
+    isfinite = math.isfinite
+    bars: list[Candle] = []
+    dropped = 0
+    for row in rows:
+        t, o, h, low, c, v = row
+        if (
+            width
+            and isfinite(t + o + h + low + c + v)
+            and t >= 0
+            and (t - offset) % width == 0
+            and 0 <= low <= o
+            and low <= c
+            and o <= h
+            and c <= h
+            and v >= 0
+        ):
+            bars.append(Candle(int(t), o, h, low, c, v))
+            continue
+        candle = validate_bar(interval, *row, source=source)  # calendar months, and every bad bar
+        if candle is None:
+            dropped += 1
+        else:
+            bars.append(candle)
+    return bars, dropped
 
 
 def _bar_problem(

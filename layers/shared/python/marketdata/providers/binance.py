@@ -44,11 +44,12 @@ from marketdata.providers.base import (
     assemble_page,
     plan_range,
     upstream_number,
-    validate_bar,
+    validate_bars,
 )
 from marketdata.providers.http import (
     Budget,
     Retry,
+    WeightCounter,
     read_json,
     retry_after_seconds,
     seconds_to_next_minute,
@@ -94,10 +95,9 @@ class BinanceClient(ProviderClient):
         """`options`: ProviderClient's (http, clock, sleep, monotonic, rng)."""
         super().__init__(settings, **options)
         self._decimals: dict[str, tuple[int, int]] = {}  # price_decimals, per symbol
-        self._weight_threshold = settings.binance_weight_safety_share * settings.binance_weight_limit
-        # Last X-MBX-USED-WEIGHT-1M seen and the UTC minute it was seen in.
-        self._weight_used = 0
-        self._weight_minute: int | None = None
+        # This minute's request weight: the last X-MBX-USED-WEIGHT-1M seen plus the requests in flight
+        # (pages are fetched by several threads at once: see WeightCounter).
+        self._weight = WeightCounter(settings.binance_weight_safety_share * settings.binance_weight_limit)
         # After a 429 we did not wait out, or a 418 ban: no request before this instant (clock seconds).
         self._blocked_until = 0.0
 
@@ -216,22 +216,22 @@ class BinanceClient(ProviderClient):
                 provider=self.name,
                 retry_after=math.ceil(wait),
             )
-        minute = int(now // 60)
-        if self._weight_minute != minute or self._weight_used + weight <= self._weight_threshold:
+        wait = self._weight.reserve(weight, now)
+        if not wait:
             return
-        wait = seconds_to_next_minute(now)
+        used = self._weight.used
         if budget.fits(wait):
             logger.warning(
                 "Binance request weight %d of %d used this minute: waiting %.1fs for the next minute",
-                self._weight_used,
+                used,
                 self._settings.binance_weight_limit,
                 wait,
             )
             budget.sleep(wait)
-            self._weight_used = 0
+            self._weight.restart(weight, self._clock())
             return
         raise UpstreamRateLimited(
-            f"Binance request weight nearly used up for this minute ({self._weight_used} of "
+            f"Binance request weight nearly used up for this minute ({used} of "
             f"{self._settings.binance_weight_limit}); retry in {math.ceil(wait)}s",
             provider=self.name,
             retry_after=math.ceil(wait),
@@ -245,8 +245,7 @@ class BinanceClient(ProviderClient):
             used = int(value)
         except ValueError:
             return
-        self._weight_used = used
-        self._weight_minute = int(self._clock() // 60)
+        self._weight.note(used, self._clock())
 
     def _interpret(self, response: httpx.Response, symbol: str) -> object | Retry:
         self._note_weight(response)
@@ -323,10 +322,8 @@ class BinanceClient(ProviderClient):
             raise UpstreamBadResponse(
                 f"Binance klines: expected a list of rows, got {type(rows).__name__}", provider=self.name
             )
-        bars: list[Candle] = []
-        dropped = 0
+        numbers: list[tuple[float, float, float, float, float, float]] = []
         last_open_ms = -1
-        source = f"binance {symbol} {interval.value}"
         for index, row in enumerate(rows):
             if not isinstance(row, list) or len(row) < 6:
                 shape = f"{len(row)} fields" if isinstance(row, list) else type(row).__name__
@@ -339,14 +336,18 @@ class BinanceClient(ProviderClient):
                     f"Binance kline row {index}: open time is not an integer", provider=self.name
                 )
             last_open_ms = max(last_open_ms, open_ms)
-            what = f"Binance kline row {index}"
-            values = [upstream_number(v, provider=self.name, what=what) for v in row[1:6]]
+            fields = row[1:6]
+            try:
+                # Numeric strings, as Binance sends them, in one step (bools go the careful way below).
+                if True in fields or False in fields:
+                    raise TypeError
+                o, h, low, c, v = map(float, fields)
+            except (TypeError, ValueError):
+                what = f"Binance kline row {index}"
+                o, h, low, c, v = (upstream_number(x, provider=self.name, what=what) for x in fields)
             open_time = open_ms // 1000 if open_ms % 1000 == 0 else open_ms / 1000
-            candle = validate_bar(interval, open_time, *values, source=source)
-            if candle is None:
-                dropped += 1
-            else:
-                bars.append(candle)
+            numbers.append((open_time, o, h, low, c, v))
+        bars, dropped = validate_bars(interval, numbers, source=f"binance {symbol} {interval.value}")
         return len(rows), bars, dropped, last_open_ms
 
 

@@ -20,6 +20,7 @@ import logging
 import math
 import random
 import ssl
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -141,6 +142,54 @@ def backoff_delay(attempt: int, rng: Callable[[], float]) -> float:
     """Full-jitter exponential backoff before retry number `attempt` (1-based)."""
     ceiling = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** (attempt - 1))
     return ceiling * rng()
+
+
+class WeightCounter:
+    """A provider's request weight used in the current UTC minute, as one process sees it (Binance).
+
+    Thread-safe: the pages of a cold range and the backfill are fetched by several threads at once, so
+    the check and the count of a request are one step under a lock (`reserve`), and the weight of a
+    request in flight counts before its response reports the server's figure (`note`). The figure kept
+    is the larger of the two (the header already includes our own requests), so parallel requests can
+    neither slip under the threshold together nor make the count go backwards."""
+
+    def __init__(self, threshold: float) -> None:
+        self.threshold = threshold
+        self._lock = threading.Lock()
+        self._used = 0
+        self._minute: int | None = None
+
+    @property
+    def used(self) -> int:
+        with self._lock:
+            return self._used
+
+    def reserve(self, weight: int, now: float) -> float:
+        """Count `weight` for a request about to be sent and return 0, or, when it would cross the
+        threshold, count nothing and return the seconds until the next minute (when the count resets)."""
+        minute = int(now // 60)
+        with self._lock:
+            if self._minute != minute:
+                # A new minute (or the first request): the server's counter has been reset.
+                self._minute, self._used = minute, 0
+            elif self._used + weight > self.threshold:
+                return seconds_to_next_minute(now)
+            self._used += weight
+            return 0.0
+
+    def restart(self, weight: int, now: float) -> None:
+        """After waiting for the next minute: a fresh count holding this request's weight."""
+        with self._lock:
+            self._minute, self._used = int(now // 60), weight
+
+    def note(self, used: int, now: float) -> None:
+        """The server's figure for this minute (a response header)."""
+        minute = int(now // 60)
+        with self._lock:
+            if self._minute == minute:
+                self._used = max(self._used, used)
+            else:
+                self._minute, self._used = minute, used
 
 
 class RetryingHttp:
