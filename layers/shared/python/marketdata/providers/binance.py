@@ -24,7 +24,7 @@ import math
 import random
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import MappingProxyType
 
 import httpx
@@ -366,20 +366,29 @@ class BinanceClient:
                     f"Binance kline row {index}: expected 12 fields, got {shape}", provider=self.name
                 )
             open_ms = row[0]
-            if isinstance(open_ms, bool) or not isinstance(open_ms, int):
-                raise UpstreamBadResponse(
-                    f"Binance kline row {index}: open time is not an integer", provider=self.name
-                )
-            last_open_ms = max(last_open_ms, open_ms)
             what = f"Binance kline row {index}"
-            values = [upstream_number(v, provider=self.name, what=what) for v in row[1:6]]
-            open_time = open_ms // 1000 if open_ms % 1000 == 0 else open_ms / 1000
-            candle = validate_bar(interval, open_time, *values, source=source)
+            candle = kline_candle(interval, open_ms, row[1:6], source=source, what=what)
+            last_open_ms = max(last_open_ms, open_ms)
             if candle is None:
                 dropped += 1
             else:
                 bars.append(candle)
         return len(rows), bars, dropped, last_open_ms
+
+
+def kline_candle(
+    interval: Interval, open_ms: object, ohlcv: Sequence[object], *, source: str, what: str
+) -> Candle | None:
+    """One Binance kline as a validated Candle (None: dropped by validate_bar, logged), from its open
+    time in ms and its open, high, low, close and volume (strings, as REST rows and the kline stream
+    carry them). A value that is not a number at all is UpstreamBadResponse."""
+    if isinstance(open_ms, bool) or not isinstance(open_ms, int):
+        raise UpstreamBadResponse(f"{what}: open time is not an integer", provider=BinanceClient.name)
+    values = [upstream_number(v, provider=BinanceClient.name, what=what) for v in ohlcv]
+    if len(values) != 5:
+        raise UpstreamBadResponse(f"{what}: expected 5 prices and volume", provider=BinanceClient.name)
+    open_time = open_ms // 1000 if open_ms % 1000 == 0 else open_ms / 1000
+    return validate_bar(interval, open_time, *values, source=source)
 
 
 def _error_body(response: httpx.Response) -> tuple[int | None, str]:
