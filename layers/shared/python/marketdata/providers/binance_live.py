@@ -35,7 +35,7 @@ from marketdata.config import Settings
 from marketdata.errors import UpstreamBadResponse
 from marketdata.intervals import Interval
 from marketdata.providers.binance import kline_candle
-from marketdata.providers.streams import BarUpdate, Pair, StreamStatus, WebSocketStream
+from marketdata.providers.streams import BarUpdate, Pair, StreamStatus, WebSocketStream, open_websocket
 
 if TYPE_CHECKING:
     from websockets.sync.client import ClientConnection
@@ -108,16 +108,10 @@ class BinanceKlineStream(WebSocketStream):
         return names
 
     def _connect(self) -> ClientConnection:
-        from websockets.sync.client import connect
-
         names = sorted(name for name in self._streams() if name not in self._refused)
         first = names[:URL_STREAMS]
-        ws = connect(
-            f"{self._settings.binance_ws_url}/stream?streams={'/'.join(first)}",
-            open_timeout=self._settings.http_connect_timeout,
-            ping_interval=self._settings.live_ping_interval_seconds,
-            ping_timeout=self._settings.live_ping_timeout_seconds,
-            close_timeout=1,
+        ws = open_websocket(
+            f"{self._settings.binance_ws_url}/stream?streams={'/'.join(first)}", self._settings
         )
         self._subscribed = set(first)
         self._pending.clear()

@@ -41,6 +41,8 @@ from marketdata.schemas import Candle
 if TYPE_CHECKING:
     from websockets.sync.client import ClientConnection
 
+    from marketdata.config import Settings
+
 logger = logging.getLogger(__name__)
 
 StatusName = Literal["connected", "reconnecting", "error"]
@@ -302,6 +304,24 @@ class WebSocketStream:
                 text = message if isinstance(message, str) else message.decode("utf-8", "replace")
                 self._on_message(ws, text)
             self._on_idle(ws)
+
+
+def open_websocket(url: str, settings: Settings, *, log: logging.Logger | None = None) -> ClientConnection:
+    """A connection from the `websockets` library's sync client (imported here, so only the live
+    clients pay for it), with the keepalive and timeouts of the settings. It is entered as the context
+    manager websockets 17 asks for; the connection thread closes it itself (a rollover outlives any
+    `with` block)."""
+    from websockets.sync.client import connect
+
+    connection = connect(
+        url,
+        open_timeout=settings.http_connect_timeout,
+        ping_interval=settings.live_ping_interval_seconds,
+        ping_timeout=settings.live_ping_timeout_seconds,
+        close_timeout=1,  # closing never holds the thread (or the broadcaster) for long
+        logger=log,
+    )
+    return connection.__enter__()
 
 
 def _reason(exc: BaseException) -> str:

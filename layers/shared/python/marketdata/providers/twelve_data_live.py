@@ -52,6 +52,7 @@ from marketdata.providers.streams import (
     StreamDead,
     StreamStatus,
     WebSocketStream,
+    open_websocket,
 )
 
 if TYPE_CHECKING:
@@ -153,17 +154,9 @@ class TwelveDataPriceStream(WebSocketStream):
     # --- connection ------------------------------------------------------------------------------
 
     def _connect(self) -> ClientConnection:
-        from websockets.sync.client import connect
-
         self._key = self._settings.require_twelve_data_api_key()
-        ws = connect(
-            f"{self._settings.twelve_data_ws_url}{PRICE_PATH}?apikey={quote(self._key, safe='')}",
-            open_timeout=self._settings.http_connect_timeout,
-            ping_interval=self._settings.live_ping_interval_seconds,
-            ping_timeout=self._settings.live_ping_timeout_seconds,
-            close_timeout=1,
-            logger=self._ws_logger,
-        )
+        url = f"{self._settings.twelve_data_ws_url}{PRICE_PATH}?apikey={quote(self._key, safe='')}"
+        ws = open_websocket(url, self._settings, log=self._ws_logger)
         self._asked.clear()
         self._since.clear()
         self._last_heartbeat = self._last_message = time.monotonic()
