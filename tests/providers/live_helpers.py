@@ -18,6 +18,7 @@ class Collector:
     def __init__(self, stream: LiveStream) -> None:
         self.stream = stream
         self.events: list[LiveEvent] = []
+        self._cursor = 0  # wait_for looks from here: just past the event it matched last
 
     def drain(self, seconds: float = 0.3) -> list[LiveEvent]:
         """Whatever arrives within `seconds` (the new events only)."""
@@ -28,14 +29,15 @@ class Collector:
         return self.events[start:]
 
     def wait_for(self, predicate: Callable[[LiveEvent], bool], what: str) -> LiveEvent:
-        """The first new event matching `predicate`, waiting up to WAIT_SECONDS for it."""
-        start = len(self.events)
+        """The first event after the one the previous wait_for matched that matches `predicate`,
+        waiting up to WAIT_SECONDS for it."""
+        start = checked = self._cursor
         deadline = time.monotonic() + WAIT_SECONDS
-        checked = start
         while True:
-            for event in self.events[checked:]:
-                if predicate(event):
-                    return event
+            for index in range(checked, len(self.events)):
+                if predicate(self.events[index]):
+                    self._cursor = index + 1
+                    return self.events[index]
             checked = len(self.events)
             left = deadline - time.monotonic()
             if left <= 0:

@@ -23,20 +23,22 @@ Both stream the FakeUpstream's own model at its clock, so the streams and REST n
   ticks of a whole hour aggregate to exactly REST's 1h bar, and those of any span of whole hours to
   the service's 4H bar and to the real model's New York days, weeks and months. (Minute bars built
   from these ticks are not the fake's REST minute bars: the real model's minutes are their own.)
-  A subscription gets the ticks from the fake's instant of subscribing on (at most 48 hours of them
-  when the clock jumps).
+  A subscription first gets the current hour's ticks so far, then each tick as the fake's clock
+  passes it (at most 48 hours of them when the clock jumps).
 
 Faults: `drop_connections()` (every open connection loses its socket: the clients see a drop),
 `refuse(symbol)` (Twelve Data lists it under `fails`; Binance answers its SUBSCRIBE with an error and
 sends no data for it), `answer_pings = False` (pings are swallowed: the clients' keepalive must
-notice), `paused = True` (no events pushed), `bad_bars = n` (the next n kline events have high <
-low). `reset()` clears them and the record of what was received.
+notice), `paused = True` (no events pushed; requests still answered), `silent = True` (Twelve Data:
+nothing sent at all, not even heartbeat replies), `bad_bars = n` (the next n kline events have high
+< low). `reset()` clears them and the record of what was received.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import socket
 import threading
 import time
@@ -64,6 +66,8 @@ from tests.support.fake_upstream import (
     _units,
 )
 
+#: The server's own log (it logs request lines, Twelve Data keys included, at DEBUG).
+SERVER_LOGGER = "tests.fake_streams"
 BINANCE_PATH = "/stream"
 TWELVE_DATA_PATH = "/v1/quotes/price"
 #: Binance's limits per connection.
@@ -98,6 +102,7 @@ class FakeStreams:
             self._port,
             process_request=self._check_request,
             ping_interval=None,  # the clients keep the connection alive; this side only answers
+            logger=logging.getLogger(SERVER_LOGGER),  # apart from the clients' (the key tests read those)
         )
         threading.Thread(target=self._server.serve_forever, name="fake-streams", daemon=True).start()
         return self
@@ -122,6 +127,7 @@ class FakeStreams:
             self.refused: set[str] = set()
             self.answer_pings = True
             self.paused = False
+            self.silent = False
             self.bad_bars = 0
             #: (path, parsed message) of every message the clients sent, in order.
             self.received: list[tuple[str, Any]] = []
@@ -334,11 +340,11 @@ class _TwelveDataSession:
         self.fake._record(TWELVE_DATA_PATH, body)
         action = body.get("action")
         if action == "heartbeat":
-            self.connection.send(json.dumps({"event": "heartbeat", "status": "ok"}))
+            self.send(json.dumps({"event": "heartbeat", "status": "ok"}))
             return
         if action == "reset":
             self.last_sent.clear()
-            self.connection.send(json.dumps({"event": "reset-status", "status": "ok"}))
+            self.send(json.dumps({"event": "reset-status", "status": "ok"}))
             return
         symbols = [s.strip() for s in (body.get("params") or {}).get("symbols", "").split(",") if s.strip()]
         if action == "subscribe":
@@ -346,17 +352,18 @@ class _TwelveDataSession:
             for symbol in symbols:
                 if symbol in TWELVE_DATA_SYMBOLS and symbol not in self.fake.refused:
                     success.append(_td_symbol_entry(symbol))
-                    # Ticks from this instant on (one a second earlier would be in the past).
-                    self.last_sent.setdefault(symbol, int(self.fake.upstream.now) - 1)
+                    # The current hour's ticks so far, then the rest as the clock gets to them.
+                    now = int(self.fake.upstream.now)
+                    self.last_sent.setdefault(symbol, now - now % _HOUR - 1)
                 else:
                     fails.append({"symbol": symbol})
             status = {"event": "subscribe-status", "status": "error" if fails else "ok"}
-            self.connection.send(json.dumps({**status, "success": success, "fails": fails}))
+            self.send(json.dumps({**status, "success": success, "fails": fails}))
         elif action == "unsubscribe":
             for symbol in symbols:
                 self.last_sent.pop(symbol, None)
             reply = {"event": "unsubscribe-status", "status": "ok", "success": symbols, "fails": []}
-            self.connection.send(json.dumps(reply))
+            self.send(json.dumps(reply))
 
     def push(self, symbol: str) -> None:
         upstream = self.fake.upstream
@@ -392,6 +399,10 @@ class _TwelveDataSession:
         for key in [k for k in self.hour_prices if k[0] == symbol and k[1] < now - 2 * _HOUR]:
             del self.hour_prices[key]
 
+    def send(self, text: str) -> None:
+        if not self.fake.silent:
+            self.connection.send(text)
+
     def tick(self, inst: Instrument, t: int, price: float) -> None:
         event = {
             "event": "price",
@@ -405,7 +416,7 @@ class _TwelveDataSession:
             "bid": price,
             "ask": price,
         }
-        self.connection.send(json.dumps(event))
+        self.send(json.dumps(event))
 
 
 def _price(inst: Instrument, units: int) -> float:
