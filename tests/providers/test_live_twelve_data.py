@@ -335,7 +335,7 @@ def test_ticks_in_milliseconds_or_with_string_prices_land_in_the_same_bar(
     # Unverified details of the real stream, handled either way (no socket: the message handler alone).
     stream = TwelveDataPriceStream(settings_for(fake_upstream), clock=lambda: T)
     stream._pairs = frozenset({(EUR, Interval.M1)})  # followed, without starting the connection thread
-    stream._since[EUR] = T
+    stream._since[EUR] = stream._followed_since[(EUR, Interval.M1)] = T
     for body in (
         {"event": "price", "symbol": EUR, "timestamp": T + 1, "price": 1.1},
         {"event": "price", "symbol": EUR, "timestamp": (T + 2) * 1000, "price": "1.2"},
@@ -352,3 +352,42 @@ def test_ticks_in_milliseconds_or_with_string_prices_land_in_the_same_bar(
         (T + 60, 1.15, False),
     ]
     assert bars[2].candle == Candle(time=T, open=1.1, high=1.2, low=1.1, close=1.2, volume=0.0)
+
+
+def test_a_day_subscribed_after_17_00_new_york_is_partial_though_before_its_utc_label(
+    fake_upstream: FakeUpstream,
+) -> None:
+    # Subscribed at 23:00 UTC on the 13th: after the day dated the 14th began (22:00 UTC), before
+    # 00:00 UTC of its date. The day missed an hour of ticks; the hours after it did not.
+    stream = TwelveDataPriceStream(settings_for(fake_upstream), clock=lambda: T)
+    subscribed = utc("2026-01-13 23:00")
+    stream._pairs = frozenset({(EUR, Interval.D1), (EUR, Interval.H1)})
+    stream._since[EUR] = subscribed
+    stream._followed_since.update({(EUR, Interval.D1): subscribed, (EUR, Interval.H1): subscribed})
+    for t, price in ((utc("2026-01-14 01:00"), 1.1), (utc("2026-01-14 22:00:01"), 1.2)):
+        stream._on_message(
+            None, json.dumps({"event": "price", "symbol": EUR, "timestamp": t, "price": price})
+        )  # type: ignore[arg-type]
+    closed = [
+        (e.interval, e.candle.time) for e in stream.events(0) if isinstance(e, BarUpdate) and e.is_closed
+    ]
+    assert closed == [(Interval.H1, utc("2026-01-14 01:00"))]
+
+
+def test_an_interval_added_for_a_subscribed_pair_starts_with_a_partial_bar(
+    fake_upstream: FakeUpstream, fake_streams: FakeStreams, make_stream: Any
+) -> None:
+    fake_upstream.now = T
+    clock = _Clock(T)
+    stream, events = make_stream(clock=clock)
+    stream.follow([(EUR, Interval.H1)])
+    events.wait_bar(EUR, Interval.H1, closed=False, time_=T)
+    clock.now = T + 600  # 4H followed ten minutes into its bar (12:00 UTC), on the same subscription
+    stream.follow([(EUR, Interval.H1), (EUR, Interval.H4)])
+    fake_upstream.now = T + 1000
+    events.wait_bar(EUR, Interval.H4, closed=False, time_=T)
+    fake_upstream.now = T + 4 * 3600
+    events.wait_bar(EUR, Interval.H1, closed=True, time_=T + 3 * 3600)
+    events.drain(0.3)
+    assert (T + 4 * 3600, False) in [(b.candle.time, b.is_closed) for b in events.bars(EUR, Interval.H4)]
+    assert [b.interval for b in events.bars() if b.is_closed] == [Interval.H1] * 4

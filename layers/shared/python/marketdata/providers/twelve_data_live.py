@@ -76,6 +76,14 @@ def forex_bar_open(interval: Interval, t: int) -> int:
     return bar_open(interval, t)
 
 
+def forex_bar_start(interval: Interval, open_time: int) -> int:
+    """The instant the forex bar labelled open_time begins (its first day begins at 17:00 New York
+    the evening before its date)."""
+    if interval in (Interval.D1, Interval.W1, Interval.MO1):
+        return forex_day_end(open_time - 86400)
+    return open_time
+
+
 def forex_bar_end(interval: Interval, open_time: int) -> int:
     """The instant the forex bar labelled open_time ends (its days end at 17:00 New York)."""
     if interval is Interval.D1:
@@ -145,6 +153,7 @@ class TwelveDataPriceStream(WebSocketStream):
         self._ws_logger.addFilter(_ScrubbingFilter(lambda: self._key))
         self._asked: set[str] = set()  # symbols subscribed (or asked for) on the open connection
         self._since: dict[str, float] = {}  # symbol -> clock instant Twelve Data confirmed it
+        self._followed_since: dict[Pair, float] = {}  # pair -> clock instant this client began to follow it
         self._refused: set[str] = set()
         self._bars: dict[Pair, _Bar] = {}
         self._closed_labels: dict[Pair, int] = {}  # the newest bar closed per pair: its ticks come too late
@@ -179,10 +188,12 @@ class TwelveDataPriceStream(WebSocketStream):
             self._send(ws, "subscribe", add)
             self._asked.update(add)
         followed = self._wanted()
-        for pair in [p for p in self._bars if p not in followed]:
-            del self._bars[pair]
-        for pair in [p for p in self._closed_labels if p not in followed]:
-            del self._closed_labels[pair]
+        now = self._clock()
+        for pair in followed:
+            self._followed_since.setdefault(pair, now)
+        for table in (self._bars, self._closed_labels, self._followed_since):
+            for pair in [p for p in table if p not in followed]:
+                del table[pair]
 
     def _send(self, ws: ClientConnection, action: str, symbols: Iterable[str]) -> None:
         ws.send(json.dumps({"action": action, "params": {"symbols": ",".join(symbols)}}))
@@ -270,11 +281,10 @@ class TwelveDataPriceStream(WebSocketStream):
             )
             return
         t = int(stamp // 1000 if stamp >= _MILLISECONDS_FROM else stamp)
-        since = self._since.get(symbol)
         for interval in intervals:
-            self._tick((symbol, interval), t, price, since)
+            self._tick((symbol, interval), t, price)
 
-    def _tick(self, pair: Pair, t: int, price: float, since: float | None) -> None:
+    def _tick(self, pair: Pair, t: int, price: float) -> None:
         interval = pair[1]
         label = forex_bar_open(interval, t)
         bar = self._bars.get(pair)
@@ -288,7 +298,11 @@ class TwelveDataPriceStream(WebSocketStream):
             if pair in self._closed_labels and label <= self._closed_labels[pair]:
                 logger.debug("Twelve Data stream: tick for closed bar of %s %s dropped", *pair)
                 return
-            whole = since is not None and since <= label
+            # Whole only if every tick of it reached this pair: the symbol was subscribed and the pair
+            # followed before the bar began (a bar that began earlier missed some).
+            subscribed, followed = self._since.get(pair[0]), self._followed_since.get(pair)
+            start = forex_bar_start(interval, label)
+            whole = subscribed is not None and followed is not None and max(subscribed, followed) <= start
             bar = _Bar(label, forex_bar_end(interval, label), price, price, price, price, whole)
             self._bars[pair] = bar
         else:
