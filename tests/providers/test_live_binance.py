@@ -236,3 +236,18 @@ def test_the_connection_is_rolled_over_before_its_maximum_age_without_a_gap(
     events.wait_bar(BTC, Interval.H1, closed=False, time_=T + 3600)
     # A planned rollover is not a drop: subscribers see no status change.
     assert [s.status for s in events.statuses()] == ["connected"]
+
+
+def test_a_server_shutdown_notice_moves_to_a_new_connection_at_once(
+    fake_upstream: FakeUpstream, fake_streams: FakeStreams, make_stream: Any
+) -> None:
+    fake_upstream.now = T + 5
+    stream, events = make_stream()
+    stream.follow([(BTC, Interval.M1)])
+    events.wait_bar(BTC, Interval.M1)
+    fake_streams.announce_shutdown()
+    events.until(lambda: len(fake_streams.connections) == 2, "a second connection")
+    events.until(lambda: fake_streams.open_connections() == 1, "the old connection closed")
+    fake_upstream.now = T + 30
+    events.wait_bar(BTC, Interval.M1, closed=False, time_=T)
+    assert [s.status for s in events.statuses()] == ["connected"]

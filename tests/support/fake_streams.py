@@ -29,7 +29,8 @@ Both stream the FakeUpstream's own model at its clock, so the streams and REST n
 Faults: `drop_connections()` (every open connection loses its socket: the clients see a drop),
 `refuse(symbol)` (Twelve Data lists it under `fails`; Binance answers its SUBSCRIBE with an error and
 sends no data for it), `answer_pings = False` (pings are swallowed: the clients' keepalive must
-notice), `paused = True` (no events pushed; requests still answered), `silent = True` (Twelve Data:
+notice), `announce_shutdown()` (Binance: a `serverShutdown` event on every open connection),
+`paused = True` (no events pushed; requests still answered), `silent = True` (Twelve Data:
 nothing sent at all, not even heartbeat replies), `bad_bars = n` (the next n kline events have high
 < low). `reset()` clears them and the record of what was received.
 """
@@ -129,6 +130,7 @@ class FakeStreams:
             self.paused = False
             self.silent = False
             self.bad_bars = 0
+            self.shutdown_notices = 0
             #: (path, parsed message) of every message the clients sent, in order.
             self.received: list[tuple[str, Any]] = []
             #: Paths of every connection accepted (query included), in order.
@@ -143,6 +145,12 @@ class FakeStreams:
         for connection in connections:
             with contextlib.suppress(OSError):  # already gone
                 connection.socket.shutdown(socket.SHUT_RDWR)
+
+    def announce_shutdown(self) -> None:
+        """Every open Binance connection gets a `serverShutdown` event at its next push (the
+        connection stays open: a client is expected to move to a new one)."""
+        with self._lock:
+            self.shutdown_notices += 1
 
     def refuse(self, symbol: str) -> None:
         with self._lock:
@@ -211,6 +219,7 @@ class _BinanceSession:
         self.streams: dict[str, tuple[Instrument, str] | None] = {}
         self.last_open: dict[str, int] = {}
         self.requests: deque[float] = deque()
+        self.notices_seen = fake.shutdown_notices
         self.subscribe(streams)
 
     def subscribe(self, names: list[str]) -> list[str]:
@@ -270,6 +279,9 @@ class _BinanceSession:
 
     def push(self) -> None:
         now = self.fake.upstream.now
+        if self.notices_seen < self.fake.shutdown_notices:
+            self.notices_seen = self.fake.shutdown_notices
+            self.connection.send(json.dumps({"e": "serverShutdown", "E": int(now * 1000)}))
         for name, known in list(self.streams.items()):
             if known is None:
                 continue
