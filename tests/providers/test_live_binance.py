@@ -49,6 +49,15 @@ def rest_bar(fake: FakeUpstream, symbol: str, interval: Interval, open_time: int
     return result.candles[0]
 
 
+def follow_btc(fake_upstream: FakeUpstream, make_stream: Any) -> tuple[BinanceKlineStream, Collector]:
+    """A client following BTCUSDT 1m, 5 s into a minute, once its first update has come."""
+    fake_upstream.now = T + 5
+    stream, events = make_stream()
+    stream.follow([(BTC, Interval.M1)])
+    events.wait_bar(BTC, Interval.M1)
+    return stream, events
+
+
 def as_candle(bar: Any) -> Candle:
     return Candle(*bar)
 
@@ -100,10 +109,7 @@ def test_the_service_intervals_map_to_binance_streams_and_back(
 def test_follow_changes_go_out_as_subscribe_and_unsubscribe_requests_with_ids(
     fake_upstream: FakeUpstream, fake_streams: FakeStreams, make_stream: Any
 ) -> None:
-    fake_upstream.now = T + 5
-    stream, events = make_stream()
-    stream.follow([(BTC, Interval.M1)])
-    events.wait_bar(BTC, Interval.M1)
+    stream, events = follow_btc(fake_upstream, make_stream)
     stream.follow([(BTC, Interval.M1), ("ETHUSDT", Interval.M5)])
     events.wait_bar("ETHUSDT", Interval.M5, closed=False, time_=T)
     stream.follow([("ETHUSDT", Interval.M5)])
@@ -190,10 +196,7 @@ def test_a_bad_bar_is_dropped_like_a_rest_bar(
 def test_a_drop_reports_reconnecting_then_connected_and_updates_resume(
     fake_upstream: FakeUpstream, fake_streams: FakeStreams, make_stream: Any
 ) -> None:
-    fake_upstream.now = T + 5
-    stream, events = make_stream()
-    stream.follow([(BTC, Interval.M1)])
-    events.wait_bar(BTC, Interval.M1)
+    _, events = follow_btc(fake_upstream, make_stream)
     fake_streams.drop_connections()
     reconnecting = events.wait_status("reconnecting")
     assert reconnecting.message
@@ -208,10 +211,7 @@ def test_a_drop_reports_reconnecting_then_connected_and_updates_resume(
 def test_unanswered_pings_drop_the_connection_and_it_comes_back(
     fake_upstream: FakeUpstream, fake_streams: FakeStreams, make_stream: Any
 ) -> None:
-    fake_upstream.now = T + 5
-    stream, events = make_stream()
-    stream.follow([(BTC, Interval.M1)])
-    events.wait_bar(BTC, Interval.M1)
+    _, events = follow_btc(fake_upstream, make_stream)
     fake_streams.answer_pings = False
     events.wait_status("reconnecting")
     fake_streams.answer_pings = True
@@ -241,10 +241,7 @@ def test_the_connection_is_rolled_over_before_its_maximum_age_without_a_gap(
 def test_a_server_shutdown_notice_moves_to_a_new_connection_at_once(
     fake_upstream: FakeUpstream, fake_streams: FakeStreams, make_stream: Any
 ) -> None:
-    fake_upstream.now = T + 5
-    stream, events = make_stream()
-    stream.follow([(BTC, Interval.M1)])
-    events.wait_bar(BTC, Interval.M1)
+    _, events = follow_btc(fake_upstream, make_stream)
     fake_streams.announce_shutdown()
     events.until(lambda: len(fake_streams.connections) == 2, "a second connection")
     events.until(lambda: fake_streams.open_connections() == 1, "the old connection closed")

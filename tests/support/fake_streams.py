@@ -213,7 +213,31 @@ class FakeStreams:
             self.received.append((path, message))
 
 
-class _BinanceSession:
+class _Session:
+    """One connection: answer what the client sends, push what is due between its messages."""
+
+    fake: FakeStreams
+    connection: ServerConnection
+
+    def run(self) -> None:
+        while True:
+            try:
+                message = self.connection.recv(timeout=self.fake.push_seconds)
+            except TimeoutError:
+                message = None
+            if message is not None:
+                self.on_request(message)
+            if not self.fake.paused:
+                self.push_all()
+
+    def on_request(self, message: str | bytes) -> None:
+        raise NotImplementedError
+
+    def push_all(self) -> None:
+        raise NotImplementedError
+
+
+class _BinanceSession(_Session):
     def __init__(self, fake: FakeStreams, connection: ServerConnection, streams: list[str]) -> None:
         self.fake, self.connection = fake, connection
         self.streams: dict[str, tuple[Instrument, str] | None] = {}
@@ -236,17 +260,6 @@ class _BinanceSession:
         if len(self.streams) > MAX_STREAMS:
             self.connection.close(1008, f"more than {MAX_STREAMS} streams")
         return refused
-
-    def run(self) -> None:
-        while True:
-            try:
-                message = self.connection.recv(timeout=self.fake.push_seconds)
-            except TimeoutError:
-                message = None
-            if message is not None:
-                self.on_request(message)
-            if not self.fake.paused:
-                self.push()
 
     def on_request(self, message: str | bytes) -> None:
         now = time.monotonic()
@@ -277,7 +290,7 @@ class _BinanceSession:
             return
         self.connection.send(json.dumps({"result": None, "id": request_id}))
 
-    def push(self) -> None:
+    def push_all(self) -> None:
         now = self.fake.upstream.now
         if self.notices_seen < self.fake.shutdown_notices:
             self.notices_seen = self.fake.shutdown_notices
@@ -329,23 +342,15 @@ class _BinanceSession:
         self.connection.send(json.dumps({"stream": name, "data": event}))
 
 
-class _TwelveDataSession:
+class _TwelveDataSession(_Session):
     def __init__(self, fake: FakeStreams, connection: ServerConnection) -> None:
         self.fake, self.connection = fake, connection
         self.last_sent: dict[str, int] = {}  # symbol -> fake instant of the newest tick sent
         self.hour_prices: dict[tuple[str, int], list[float]] = {}
 
-    def run(self) -> None:
-        while True:
-            try:
-                message = self.connection.recv(timeout=self.fake.push_seconds)
-            except TimeoutError:
-                message = None
-            if message is not None:
-                self.on_request(message)
-            if not self.fake.paused:
-                for symbol in list(self.last_sent):
-                    self.push(symbol)
+    def push_all(self) -> None:
+        for symbol in list(self.last_sent):
+            self.push(symbol)
 
     def on_request(self, message: str | bytes) -> None:
         body = json.loads(message)

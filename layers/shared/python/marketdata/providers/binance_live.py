@@ -71,14 +71,7 @@ class BinanceKlineStream(WebSocketStream):
         clock: Callable[[], float] = time.time,
         rng: Callable[[], float] = random.random,
     ) -> None:
-        super().__init__(
-            reconnect_base=settings.live_reconnect_base_seconds,
-            reconnect_max=settings.live_reconnect_max_seconds,
-            max_connection_seconds=settings.binance_ws_max_connection_seconds,
-            clock=clock,
-            rng=rng,
-        )
-        self._settings = settings
+        super().__init__(settings, clock=clock, rng=rng)
         self._subscribed: set[str] = set()  # stream names the open connection carries (or was asked for)
         self._refused: set[str] = set()  # stream names Binance refused: not asked again until unfollowed
         self._pending: dict[int, tuple[str, list[str]]] = {}  # request id -> (method, streams)
@@ -88,6 +81,9 @@ class BinanceKlineStream(WebSocketStream):
         self._over_limit_reported: frozenset[Pair] = frozenset()
 
     # --- connection ------------------------------------------------------------------------------
+
+    def _max_connection_seconds(self) -> float | None:
+        return self._settings.binance_ws_max_connection_seconds
 
     def _streams(self) -> dict[str, Pair]:
         """The streams to carry: every followed pair's, at most 1024 (reported once when cut)."""

@@ -145,20 +145,11 @@ class WebSocketStream:
     poll_seconds = 0.2
     provider = "provider"
 
-    def __init__(
-        self,
-        *,
-        reconnect_base: float,
-        reconnect_max: float,
-        max_connection_seconds: float | None,
-        clock: Callable[[], float],
-        rng: Callable[[], float],
-    ) -> None:
+    def __init__(self, settings: Settings, *, clock: Callable[[], float], rng: Callable[[], float]) -> None:
+        self._settings = settings
         self._clock = clock
         self._rng = rng
-        self._reconnect_base = reconnect_base
-        self._reconnect_max = reconnect_max
-        self._max_age = max_connection_seconds
+        self._max_age = self._max_connection_seconds()
         self._queue = EventQueue()
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -208,6 +199,10 @@ class WebSocketStream:
         """Open a new connection (and then close this one) at the next check."""
         self._rollover = True
 
+    def _max_connection_seconds(self) -> float | None:
+        """The age at which a connection is rolled over (None: never)."""
+        return None
+
     def _connect(self) -> ClientConnection:
         raise NotImplementedError
 
@@ -237,7 +232,10 @@ class WebSocketStream:
             return not self._closing.is_set()
 
     def _backoff(self, attempt: int) -> float:
-        return backoff_seconds(attempt, self._reconnect_base, self._reconnect_max, self._rng)
+        settings = self._settings
+        return backoff_seconds(
+            attempt, settings.live_reconnect_base_seconds, settings.live_reconnect_max_seconds, self._rng
+        )
 
     def _run(self) -> None:
         attempt = 0

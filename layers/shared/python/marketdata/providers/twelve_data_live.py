@@ -140,14 +140,7 @@ class TwelveDataPriceStream(WebSocketStream):
         clock: Callable[[], float] = time.time,
         rng: Callable[[], float] = random.random,
     ) -> None:
-        super().__init__(
-            reconnect_base=settings.live_reconnect_base_seconds,
-            reconnect_max=settings.live_reconnect_max_seconds,
-            max_connection_seconds=None,  # Twelve Data documents no maximum age
-            clock=clock,
-            rng=rng,
-        )
-        self._settings = settings
+        super().__init__(settings, clock=clock, rng=rng)  # no maximum age: Twelve Data documents none
         self._key = ""
         self._ws_logger = logging.getLogger(f"{__name__}.websocket")
         self._ws_logger.addFilter(_ScrubbingFilter(lambda: self._key))
