@@ -19,7 +19,12 @@ import pytest
 from marketdata.intervals import Interval
 from marketdata.providers.streams import BarUpdate, LiveStream
 from marketdata.providers.twelve_data import TwelveDataClient
-from marketdata.providers.twelve_data_live import TwelveDataPriceStream, forex_bar_end, forex_bar_open
+from marketdata.providers.twelve_data_live import (
+    TwelveDataPriceStream,
+    _KeyScrubbingLogger,
+    forex_bar_end,
+    forex_bar_open,
+)
 from marketdata.schemas import Candle
 from tests.providers.helpers import utc
 from tests.providers.live_helpers import Collector
@@ -391,3 +396,22 @@ def test_an_interval_added_for_a_subscribed_pair_starts_with_a_partial_bar(
     events.drain(0.3)
     assert (T + 4 * 3600, False) in [(b.candle.time, b.is_closed) for b in events.bars(EUR, Interval.H4)]
     assert [b.interval for b in events.bars() if b.is_closed] == [Interval.H1] * 4
+
+
+def test_the_websockets_logger_scrubs_the_key_from_messages_and_tracebacks(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    secret = "k/ey+42"  # URL-encoded in the connection URL: k%2Fey%2B42
+    log = _KeyScrubbingLogger(logging.getLogger("tests.scrub"), lambda: secret)
+    with caplog.at_level(logging.DEBUG, logger="tests.scrub"):
+        log.debug("> GET %s HTTP/1.1", "/v1/quotes/price?apikey=k%2Fey%2B42")
+        try:
+            raise ValueError(f"bad uri wss://h/v1/quotes/price?apikey={secret}")
+        except ValueError:
+            log.debug("! failed", exc_info=True)
+        log.info("unrelated %d", 7)
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages[0] == "> GET /v1/quotes/price?apikey=*** HTTP/1.1"
+    assert "ValueError: bad uri wss://h/v1/quotes/price?apikey=***" in messages[1]
+    assert messages[2] == "unrelated 7"
+    assert not [m for m in messages if secret in m or "k%2Fey%2B42" in m]

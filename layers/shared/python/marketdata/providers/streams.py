@@ -33,7 +33,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from marketdata.intervals import Interval
 from marketdata.schemas import Candle
@@ -261,8 +261,9 @@ class WebSocketStream:
                     return
                 if self._received:
                     attempt = 0  # the connection worked: back-off starts over
-                logger.info("%s stream dropped: %s", self.provider, _reason(exc))
-                self._emit(self._describe_failure(exc))
+                status = self._describe_failure(exc)  # scrubbed of secrets, unlike the exception
+                logger.info("%s stream dropped: %s", self.provider, status.message)
+                self._emit(status)
                 self._closing.wait(self._backoff(attempt))
                 attempt += 1
             finally:
@@ -304,7 +305,9 @@ class WebSocketStream:
             self._on_idle(ws)
 
 
-def open_websocket(url: str, settings: Settings, *, log: logging.Logger | None = None) -> ClientConnection:
+def open_websocket(
+    url: str, settings: Settings, *, log: logging.Logger | logging.LoggerAdapter[Any] | None = None
+) -> ClientConnection:
     """A connection from the `websockets` library's sync client (imported here, so only the live
     clients pay for it), with the keepalive and timeouts of the settings. It is entered as the context
     manager websockets 17 asks for; the connection thread closes it itself (a rollover outlives any

@@ -36,10 +36,12 @@ import json
 import logging
 import math
 import random
+import sys
 import time
+import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from marketdata.config import Settings
@@ -110,22 +112,34 @@ class _Bar:
         self.close = price
 
 
-class _ScrubbingFilter(logging.Filter):
-    """Replaces the API key in every record of the `websockets` library's logger (it logs the request
-    line, which holds the key, at DEBUG)."""
+if TYPE_CHECKING:
+    _Adapter = logging.LoggerAdapter[logging.Logger]
+else:
+    _Adapter = logging.LoggerAdapter
 
-    def __init__(self, secret: Callable[[], str]) -> None:
-        super().__init__()
+
+class _KeyScrubbingLogger(_Adapter):
+    """The logger the `websockets` library gets: it logs the request line, which holds the key, at
+    DEBUG. Every message (and traceback) is formatted here and passed on without the key."""
+
+    def __init__(self, logger: logging.Logger, secret: Callable[[], str]) -> None:
+        super().__init__(logger, {})
         self._secret = secret
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        secret = self._secret()
-        if secret:
-            text = record.getMessage()
-            if secret in text or quote(secret, safe="") in text:
-                record.msg = _scrub(text, secret)
-                record.args = None
-        return True
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        if not self.isEnabledFor(level):
+            return
+        text = str(msg) % args if args else str(msg)
+        exc_info = kwargs.pop("exc_info", None)
+        if exc_info:
+            if isinstance(exc_info, BaseException):
+                exc_info = (type(exc_info), exc_info, exc_info.__traceback__)
+            elif not isinstance(exc_info, tuple):
+                exc_info = sys.exc_info()
+            if exc_info[0] is not None:
+                text += "\n" + "".join(traceback.format_exception(*exc_info)).rstrip()
+        kwargs.pop("stack_info", None)
+        self.logger.log(level, "%s", _scrub(text, self._secret()), **kwargs)
 
 
 class TwelveDataPriceStream(WebSocketStream):
@@ -142,8 +156,7 @@ class TwelveDataPriceStream(WebSocketStream):
     ) -> None:
         super().__init__(settings, clock=clock, rng=rng)  # no maximum age: Twelve Data documents none
         self._key = ""
-        self._ws_logger = logging.getLogger(f"{__name__}.websocket")
-        self._ws_logger.addFilter(_ScrubbingFilter(lambda: self._key))
+        self._ws_logger = _KeyScrubbingLogger(logging.getLogger(f"{__name__}.websocket"), lambda: self._key)
         self._asked: set[str] = set()  # symbols subscribed (or asked for) on the open connection
         self._since: dict[str, float] = {}  # symbol -> clock instant Twelve Data confirmed it
         self._followed_since: dict[Pair, float] = {}  # pair -> clock instant this client began to follow it
