@@ -2,14 +2,32 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+
+import pytest
 
 from marketdata.intervals import Interval
 from marketdata.providers.streams import BarUpdate, LiveEvent, LiveStream, StreamStatus
 
 #: How long a test waits for an expected event before failing (a bound, not a measurement).
 WAIT_SECONDS = 10.0
+
+
+@contextlib.contextmanager
+def package_logs(caplog: pytest.LogCaptureFixture, level: int = logging.DEBUG) -> Iterator[None]:
+    """Capture the marketdata package's records at `level` (and everyone else's): marketdata.http may
+    have given the package logger its own handler, without propagation, in an earlier test of this
+    process, so caplog's root handler alone would miss them."""
+    package = logging.getLogger("marketdata")
+    package.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(level), caplog.at_level(level, logger="marketdata"):
+            yield
+    finally:
+        package.removeHandler(caplog.handler)
 
 
 class Collector:

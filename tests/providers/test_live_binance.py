@@ -14,7 +14,7 @@ from marketdata.providers.binance_live import MAX_STREAMS_PER_CONNECTION, Binanc
 from marketdata.providers.streams import LiveStream
 from marketdata.schemas import Candle
 from tests.providers.helpers import utc
-from tests.providers.live_helpers import Collector
+from tests.providers.live_helpers import Collector, package_logs
 from tests.support.fake_streams import BINANCE_PATH, FakeStreams
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.upstream_fixtures import settings_for, stream_settings_for
@@ -185,7 +185,7 @@ def test_a_bad_bar_is_dropped_like_a_rest_bar(
     fake_upstream.now = T + 5
     fake_streams.bad_bars = 1
     stream, events = make_stream()
-    with caplog.at_level(logging.WARNING, logger="marketdata.providers.base"):
+    with package_logs(caplog, logging.WARNING):
         stream.follow([(BTC, Interval.M1)])
         events.wait_bar(BTC, Interval.M1)
     assert fake_streams.bad_bars == 0

@@ -27,7 +27,7 @@ from marketdata.providers.twelve_data_live import (
 )
 from marketdata.schemas import Candle
 from tests.providers.helpers import utc
-from tests.providers.live_helpers import Collector
+from tests.providers.live_helpers import Collector, package_logs
 from tests.support.fake_streams import SERVER_LOGGER, TWELVE_DATA_PATH, FakeStreams
 from tests.support.fake_upstream import FakeUpstream, expected_bars
 from tests.support.upstream_fixtures import TEST_TWELVE_DATA_API_KEY, settings_for, stream_settings_for
@@ -297,7 +297,7 @@ def test_the_api_key_is_in_no_log_status_or_error(
 ) -> None:
     fake_upstream.now = T
     wrong = "wrong-secret-key-5f1e9a"
-    with caplog.at_level(logging.DEBUG):
+    with package_logs(caplog):
         stream, events = make_stream()
         stream.follow([(EUR, Interval.H1)])
         events.wait_bar(EUR, Interval.H1)

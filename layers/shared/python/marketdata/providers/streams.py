@@ -123,8 +123,8 @@ class EventQueue:
 
 
 class StreamDead(Exception):
-    """Raised by a client's hooks when its connection is alive on paper but useless (silent for too
-    long, the server announced its shutdown): the connection is dropped and opened again."""
+    """Raised by a client's hooks when its connection is alive on paper but useless (nothing received
+    for too long): the connection is dropped and opened again, like any other drop."""
 
 
 class WebSocketStream:
