@@ -7,6 +7,10 @@
 - `upstream_settings` (function): a `Settings` pointing both providers at the fake, with a test Twelve
   Data key and small timeouts and retry budgets so injected faults resolve quickly.
 - `settings_for(fake, **overrides)`: the same as a plain function, for tests that need other knobs.
+- `fake_streams_server` (session) / `fake_streams` (function, reset around the test): the fake's
+  WebSocket streams (tests/support/fake_streams.py) on the same model and clock as `fake_upstream`.
+- `stream_settings_for(fake, streams, **overrides)`: `settings_for` plus both stream URLs aimed at
+  `streams`, with reconnect back-off, keepalive and heartbeat cut to fractions of a second.
 """
 
 from __future__ import annotations
@@ -17,13 +21,17 @@ from typing import Any
 import pytest
 
 from marketdata.config import Settings
+from tests.support.fake_streams import FakeStreams
 from tests.support.fake_upstream import FakeUpstream
 
 __all__ = [
     "TEST_TWELVE_DATA_API_KEY",
+    "fake_streams",
+    "fake_streams_server",
     "fake_upstream",
     "fake_upstream_server",
     "settings_for",
+    "stream_settings_for",
     "upstream_env",
     "upstream_settings",
 ]
@@ -79,3 +87,36 @@ def fake_upstream(fake_upstream_server: FakeUpstream) -> Iterator[FakeUpstream]:
 @pytest.fixture
 def upstream_settings(fake_upstream: FakeUpstream) -> Settings:
     return settings_for(fake_upstream)
+
+
+# --- the live streams ---------------------------------------------------------------------------
+
+
+def stream_settings_for(fake: FakeUpstream, streams: FakeStreams, **overrides: Any) -> Settings:
+    """Settings aimed at `fake` and its `streams`, with every live timer short enough for tests."""
+    live = {
+        "BINANCE_WS_URL": streams.url,
+        "TWELVE_DATA_WS_URL": streams.url,
+        "LIVE_RECONNECT_BASE_SECONDS": "0.05",
+        "LIVE_RECONNECT_MAX_SECONDS": "0.2",
+        "LIVE_PING_INTERVAL_SECONDS": "0.2",
+        "LIVE_PING_TIMEOUT_SECONDS": "0.4",
+        "TWELVE_DATA_WS_HEARTBEAT_SECONDS": "0.3",
+    }
+    return settings_for(fake, **{**live, **overrides})
+
+
+@pytest.fixture(scope="session")
+def fake_streams_server(fake_upstream_server: FakeUpstream) -> Iterator[FakeStreams]:
+    streams = FakeStreams(fake_upstream_server).start()
+    try:
+        yield streams
+    finally:
+        streams.stop()
+
+
+@pytest.fixture
+def fake_streams(fake_streams_server: FakeStreams, fake_upstream: FakeUpstream) -> Iterator[FakeStreams]:
+    fake_streams_server.reset()
+    yield fake_streams_server
+    fake_streams_server.reset()

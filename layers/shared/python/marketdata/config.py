@@ -84,6 +84,32 @@ class Settings(BaseModel):
         0.8, gt=0, le=1, validation_alias="BINANCE_WEIGHT_SAFETY_SHARE"
     )
 
+    # --- the providers' live (WebSocket) clients (marketdata.providers.*_live) ---
+    binance_ws_url: str = Field("wss://stream.binance.com:9443", validation_alias="BINANCE_WS_URL")
+    twelve_data_ws_url: str = Field("wss://ws.twelvedata.com", validation_alias="TWELVE_DATA_WS_URL")
+    # Binance closes every stream connection at the 24-hour mark: the client opens a new one and then
+    # closes the old one this long after it connected, so no update is lost to that limit.
+    binance_ws_max_connection_seconds: float = Field(
+        23 * 3600.0, gt=0, le=24 * 3600.0, validation_alias="BINANCE_WS_MAX_CONNECTION_SECONDS"
+    )
+    # Twelve Data closes a connection that sends no heartbeat for a while; its documentation asks for one
+    # every 10 seconds. A connection that delivers nothing for three of these is taken as dead.
+    twelve_data_ws_heartbeat_seconds: float = Field(
+        10.0, gt=0, validation_alias="TWELVE_DATA_WS_HEARTBEAT_SECONDS"
+    )
+    # A forex bar is closed by the clock, without a tick in the next bar, this long after its end: ticks
+    # of the bar that are still under way may arrive until then (later ones are dropped).
+    twelve_data_ws_close_grace_seconds: float = Field(
+        2.0, ge=0, le=60, validation_alias="TWELVE_DATA_WS_CLOSE_GRACE_SECONDS"
+    )
+    # Reconnecting after a drop: capped exponential back-off with jitter, from the first to the last step.
+    live_reconnect_base_seconds: float = Field(1.0, gt=0, validation_alias="LIVE_RECONNECT_BASE_SECONDS")
+    live_reconnect_max_seconds: float = Field(60.0, gt=0, validation_alias="LIVE_RECONNECT_MAX_SECONDS")
+    # WebSocket keepalive of both clients: a ping this often, and a connection whose pong does not come
+    # back within the timeout is dropped (and reconnected).
+    live_ping_interval_seconds: float = Field(20.0, gt=0, validation_alias="LIVE_PING_INTERVAL_SECONDS")
+    live_ping_timeout_seconds: float = Field(20.0, gt=0, validation_alias="LIVE_PING_TIMEOUT_SECONDS")
+
     # --- database ---
     database_url: SecretStr | None = Field(None, validation_alias="DATABASE_URL")
     db_host: str | None = Field(None, validation_alias="DB_HOST")
@@ -172,7 +198,7 @@ class Settings(BaseModel):
             raise ValueError(f"forex pairs are written BASE/QUOTE (EUR/USD), not {', '.join(bad)}")
         return value
 
-    @field_validator("binance_rest_url", "twelve_data_rest_url")
+    @field_validator("binance_rest_url", "twelve_data_rest_url", "binance_ws_url", "twelve_data_ws_url")
     @classmethod
     def _strip_slash(cls, value: str) -> str:
         return value.rstrip("/")

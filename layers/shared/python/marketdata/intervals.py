@@ -240,3 +240,44 @@ def whole_bars_through(interval: Interval, base: Interval, base_end: int) -> int
     if base is interval:
         return bar_open(interval, base_end)
     return prev_open(interval, bar_open(interval, next_open(base, base_end)))
+
+
+# --- forex trading days (New York, 17:00 to 17:00) -------------------------------------------
+#
+# Twelve Data dates a forex day D by its New York trading date: it runs from 17:00 New York on D-1 to
+# 17:00 New York on D, and the service serves it at D 00:00 UTC (docs/providers.md). The REST client
+# takes Twelve Data's own daily bars; the live client builds days (and the weeks and months made of
+# them) from ticks, so it needs the cut itself. New York's offset follows the US rule in force since
+# 2007 (daylight time from the second Sunday of March, 02:00 local, to the first Sunday of November,
+# 02:00 local): computed here rather than read from a time zone database, which a Lambda image need
+# not ship.
+
+_FOREX_DAY_START_HOUR = 17
+
+
+def _nth_sunday(year: int, month: int, n: int) -> int:
+    """00:00 UTC of the n-th Sunday of the month."""
+    first = calendar.timegm((year, month, 1, 0, 0, 0))
+    to_sunday = (6 - time.gmtime(first).tm_wday) % 7  # tm_wday: Monday 0 .. Sunday 6
+    return first + (to_sunday + 7 * (n - 1)) * _DAY
+
+
+def new_york_offset(t: int) -> int:
+    """New York's offset from UTC at the instant t, in seconds (-4 h in daylight time, else -5 h)."""
+    year = time.gmtime(t).tm_year
+    dst_start = _nth_sunday(year, 3, 2) + 7 * _HOUR  # 02:00 EST = 07:00 UTC
+    dst_end = _nth_sunday(year, 11, 1) + 6 * _HOUR  # 02:00 EDT = 06:00 UTC
+    return -4 * _HOUR if dst_start <= t < dst_end else -5 * _HOUR
+
+
+def forex_day(t: int) -> int:
+    """00:00 UTC of the New York trading date of the instant t (from 17:00 New York the day before)."""
+    local = int(t) + new_york_offset(int(t))
+    date = local - local % _DAY
+    return date + _DAY if local - date >= _FOREX_DAY_START_HOUR * _HOUR else date
+
+
+def forex_day_end(day: int) -> int:
+    """The instant the forex day dated `day` (00:00 UTC of its date) ends: 17:00 New York that date."""
+    # The offset at noon UTC of the date: after a 02:00 daylight switch, so the one in force at 17:00.
+    return day + _FOREX_DAY_START_HOUR * _HOUR - new_york_offset(day + 12 * _HOUR)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
@@ -44,6 +44,7 @@ from marketdata.providers.base import (
     assemble_page,
     plan_range,
     upstream_number,
+    validate_bar,
     validate_bars,
 )
 from marketdata.providers.http import (
@@ -331,24 +332,38 @@ class BinanceClient(ProviderClient):
                     f"Binance kline row {index}: expected 12 fields, got {shape}", provider=self.name
                 )
             open_ms = row[0]
-            if isinstance(open_ms, bool) or not isinstance(open_ms, int):
-                raise UpstreamBadResponse(
-                    f"Binance kline row {index}: open time is not an integer", provider=self.name
-                )
+            numbers.append(kline_numbers(open_ms, row[1:6], what=f"Binance kline row {index}"))
             last_open_ms = max(last_open_ms, open_ms)
-            fields = row[1:6]
-            try:
-                # Numeric strings, as Binance sends them, in one step (bools go the careful way below).
-                if True in fields or False in fields:
-                    raise TypeError
-                o, h, low, c, v = map(float, fields)
-            except (TypeError, ValueError):
-                what = f"Binance kline row {index}"
-                o, h, low, c, v = (upstream_number(x, provider=self.name, what=what) for x in fields)
-            open_time = open_ms // 1000 if open_ms % 1000 == 0 else open_ms / 1000
-            numbers.append((open_time, o, h, low, c, v))
         bars, dropped = validate_bars(interval, numbers, source=f"binance {symbol} {interval.value}")
         return len(rows), bars, dropped, last_open_ms
+
+
+def kline_numbers(
+    open_ms: object, ohlcv: Sequence[object], *, what: str
+) -> tuple[float, float, float, float, float, float]:
+    """(open time in s, open, high, low, close, volume) of one Binance kline, from its open time in ms
+    and its five numbers (strings, as REST rows and the kline stream carry them). A value that is not a
+    number at all is UpstreamBadResponse; the bar's sanity is validate_bar's (or validate_bars')."""
+    if isinstance(open_ms, bool) or not isinstance(open_ms, int):
+        raise UpstreamBadResponse(f"{what}: open time is not an integer", provider=BinanceClient.name)
+    if len(ohlcv) != 5:
+        raise UpstreamBadResponse(f"{what}: expected 5 prices and volume", provider=BinanceClient.name)
+    try:
+        # Numeric strings, as Binance sends them, in one step (bools go the careful way below).
+        if True in ohlcv or False in ohlcv:
+            raise TypeError
+        o, h, low, c, v = map(float, ohlcv)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        o, h, low, c, v = (upstream_number(x, provider=BinanceClient.name, what=what) for x in ohlcv)
+    open_time = open_ms // 1000 if open_ms % 1000 == 0 else open_ms / 1000
+    return (open_time, o, h, low, c, v)
+
+
+def kline_candle(
+    interval: Interval, open_ms: object, ohlcv: Sequence[object], *, source: str, what: str
+) -> Candle | None:
+    """One Binance kline (see kline_numbers) as a validated Candle; None: dropped by validate_bar, logged."""
+    return validate_bar(interval, *kline_numbers(open_ms, ohlcv, what=what), source=source)
 
 
 def _error_body(response: httpx.Response) -> tuple[int | None, str]:
