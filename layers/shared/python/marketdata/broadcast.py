@@ -82,28 +82,46 @@ class ManagementApiPoster:
     No retries (the next tick sends a newer bar) and connect/read timeouts of `timeout` seconds, so a
     connection that does not take its message costs one pool thread that long at most."""
 
-    def __init__(self, endpoint: str, *, timeout: float, pool: int, region: str | None = None) -> None:
-        # Imported here: boto3 costs ~100 ms of import, and only the broadcaster posts.
-        import os
+    def __init__(
+        self, endpoint: str, *, timeout: float, pool: int, region: str | None = None, unsigned: bool = False
+    ) -> None:
+        self.endpoint = endpoint
+        self._unsigned = unsigned  # the local stand-in checks no signature: no credentials needed
+        self._timeout = timeout
+        self._pool = pool
+        self._region = region
+        self._client: Any = None
+        self._lock = threading.Lock()
 
-        import boto3
-        from botocore.config import Config
+    def _get_client(self) -> Any:
+        # Built on the first post: boto3 costs ~100 ms of import, and a run without subscribers never posts.
+        with self._lock:
+            if self._client is None:
+                import os
 
-        region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-        self._client: Any = boto3.client(
-            "apigatewaymanagementapi",
-            endpoint_url=endpoint,
-            region_name=region,
-            config=Config(
-                connect_timeout=timeout, read_timeout=timeout,
-                retries={"max_attempts": 1, "mode": "standard"}, max_pool_connections=pool,
-            ),
-        )  # fmt: skip
+                import boto3
+                from botocore import UNSIGNED
+                from botocore.config import Config
+
+                region = (self._region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+                          or "us-east-1")  # fmt: skip
+                self._client = boto3.client(
+                    "apigatewaymanagementapi",
+                    endpoint_url=self.endpoint,
+                    region_name=region,
+                    config=Config(
+                        connect_timeout=self._timeout, read_timeout=self._timeout,
+                        retries={"max_attempts": 1, "mode": "standard"}, max_pool_connections=self._pool,
+                        **({"signature_version": UNSIGNED} if self._unsigned else {}),
+                    ),
+                )  # fmt: skip
+            return self._client
 
     def post(self, connection_id: str, data: bytes) -> None:
+        client = self._get_client()
         try:
-            self._client.post_to_connection(ConnectionId=connection_id, Data=data)
-        except self._client.exceptions.GoneException:
+            client.post_to_connection(ConnectionId=connection_id, Data=data)
+        except client.exceptions.GoneException:
             raise ConnectionGone(connection_id) from None
 
 

@@ -113,6 +113,7 @@ def handle(event: Mapping[str, Any], service: MarketDataService | None = None) -
         return _answer(400, LiveError(message="no connection id in the event", status=400))
     if service.store is None:
         error = error_reply(DatabaseUnavailable("no cache database configured"), request_id=request_id)
+        http.metrics.add_metric(name="ServerErrors", unit=MetricUnit.Count, value=1)
         return _answer(error.status, error)
     subscriptions = Subscriptions(service.store)
     if route in ("$connect", "$disconnect"):
@@ -123,6 +124,7 @@ def handle(event: Mapping[str, Any], service: MarketDataService | None = None) -
                 subscriptions.disconnect(connection_id)
         except MarketDataError as exc:
             error = error_reply(exc, request_id=request_id)
+            http.metrics.add_metric(name="ServerErrors", unit=MetricUnit.Count, value=1)
             return _answer(error.status, error)
         http.metrics.add_metric(name="Connections" if route == "$connect" else "Disconnections",
                                 unit=MetricUnit.Count, value=1)  # fmt: skip
