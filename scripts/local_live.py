@@ -253,13 +253,15 @@ class _StandInHandler(BaseHTTPRequestHandler):
 
     def _answer(self, status: int, body: Any, *, error_type: str | None = None) -> None:
         payload = b"" if body is None else json.dumps(body).encode()
-        self.send_response(status)
-        if error_type:
-            self.send_header("x-amzn-ErrorType", error_type)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
+        # A client that timed out has gone: nothing to answer (what API Gateway sees too).
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self.send_response(status)
+            if error_type:
+                self.send_header("x-amzn-ErrorType", error_type)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -321,15 +323,14 @@ class ManagementStandIn:
 
 class LocalBroadcaster:
     """marketdata.broadcast's Broadcaster, ticking in a thread of this process until stopped, on its own
-    database connection and with its own clock (`clock`: a test's settable fake clock)."""
+    database connection (or on `service`: a test's, with the fake upstream's settable clock)."""
 
-    def __init__(self, settings: Any, endpoint: str, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, settings: Any, endpoint: str, *, service: Any = None) -> None:
         from marketdata.broadcast import Broadcaster, ManagementApiPoster, build_streams
         from marketdata.service import MarketDataService, lazy_providers
         from marketdata.store import CandleStore
 
-        store = CandleStore(settings)
-        self.service = MarketDataService(store, lazy_providers(settings), settings, clock=clock)
+        self.service = service or MarketDataService(CandleStore(settings), lazy_providers(settings), settings)
         poster = ManagementApiPoster(
             endpoint, timeout=settings.live_post_timeout_seconds, pool=settings.live_fanout_threads,
             unsigned=True,

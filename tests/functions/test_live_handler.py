@@ -49,14 +49,14 @@ def rows(database_url: str):
     conn = connect(database_url)
 
     def read() -> dict[str, list[tuple[Any, ...]]]:
+        connections = conn.run("SELECT connection_id FROM live_connections ORDER BY 1")
+        subscriptions = conn.run(
+            "SELECT connection_id, symbol, interval, asset_class FROM live_subscriptions ORDER BY 1, 2, 3"
+        )
         return {
-            "connections": [tuple(r) for r in conn.run("SELECT connection_id FROM live_connections ORDER BY 1")],
-            "subscriptions": [
-                tuple(r) for r in conn.run(
-                    "SELECT connection_id, symbol, interval, asset_class FROM live_subscriptions ORDER BY 1, 2, 3"
-                )
-            ],
-        }  # fmt: skip
+            "connections": [tuple(r) for r in connections],
+            "subscriptions": [tuple(r) for r in subscriptions],
+        }
 
     yield read
     conn.close()
@@ -133,6 +133,9 @@ def test_too_many_subscriptions_are_refused_and_nothing_past_the_bound_is_stored
     assert len(rows()["subscriptions"]) == 2
 
 
+SUB = {"action": "subscribe", "symbol": "BTCUSDT", "interval": "1m"}
+
+
 @pytest.mark.parametrize(
     ("route", "body", "param", "words"),
     [
@@ -141,8 +144,8 @@ def test_too_many_subscriptions_are_refused_and_nothing_past_the_bound_is_stored
         ("$default", {"action": "follow", "symbol": "BTCUSDT", "interval": "1m"}, "action", "unknown action"),
         ("$default", {"symbol": "BTCUSDT", "interval": "1m"}, "action", "unknown action"),
         ("subscribe", {"action": "subscribe", "interval": "1m"}, "symbol", "symbol is required"),
-        ("subscribe", {"action": "subscribe", "symbol": "BTC'USDT", "interval": "1m"}, "symbol", "invalid symbol"),
-        ("subscribe", {"action": "subscribe", "symbol": "BTCUSDT", "interval": "1m", "x": 1}, "x", "unexpected"),
+        ("subscribe", {**SUB, "symbol": "BTC'USDT"}, "symbol", "invalid symbol"),
+        ("subscribe", {**SUB, "x": 1}, "x", "unexpected"),
     ],
     ids=["bad-json", "not-object", "unknown-action", "no-action", "no-symbol", "bad-symbol", "extra-field"],
 )

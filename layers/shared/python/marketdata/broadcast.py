@@ -165,7 +165,7 @@ class Stats:
 @dataclass
 class _Outbox:
     """A connection's messages not yet posted, by key: a pair's forming bar (superseded by a newer one),
-    a closed bar (kept), a provider's status (superseded)."""
+    a closed bar and a status change (each kept)."""
 
     messages: dict[tuple[Any, ...], bytes] = field(default_factory=dict)
 
@@ -204,6 +204,7 @@ class Broadcaster:
         self._outboxes: dict[str, _Outbox] = {}
         self._in_flight: dict[str, Future[None]] = {}
         self._gone: set[str] = set()
+        self._status_seq = 0
 
     # --- one tick ---
 
@@ -261,8 +262,10 @@ class Broadcaster:
                 data = ConnectionStatus(
                     status=event.status, message=event.message, provider=provider  # type: ignore[arg-type]
                 ).model_dump_json().encode()
+                # Every change is its own message (a reconnecting is never hidden by the recovery).
+                self._status_seq += 1
                 for connection in {c for pair in pairs for c in pair.connections}:
-                    self._queue(connection, ("status", provider), data)
+                    self._queue(connection, ("status", provider, self._status_seq), data)
                 if event.status == "error" and not isinstance(stream, PolledOpenBarStream):
                     self._fall_back(provider, stream)
                 continue
@@ -314,7 +317,7 @@ class Broadcaster:
         if connection in self._gone:
             return
         self._outboxes.setdefault(connection, _Outbox()).put(key, data)
-        if mark and key[0] == "bar":
+        if mark and key[0] in ("bar", "closed"):  # this connection has the pair's newest bar now
             self._served.add((connection, (key[1], key[2])))
 
     def _send(self) -> None:
@@ -362,14 +365,20 @@ class Broadcaster:
             self.stats.gone += len(gone)
 
     def flush(self, timeout: float | None = None) -> None:
-        """Wait for the posts in flight, then remove the connections they found gone."""
+        """Post everything queued and wait for it (at most `timeout` s), then remove the connections the
+        posts found gone."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        for future in list(self._in_flight.values()):
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            # A post's own failure is counted where it happened.
-            with contextlib.suppress(Exception):
-                future.result(timeout=left)
-        self._reap()
+        while True:
+            self._send()
+            for future in list(self._in_flight.values()):
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                # A post's own failure is counted where it happened.
+                with contextlib.suppress(Exception):
+                    future.result(timeout=left)
+            self._reap()
+            waiting = any(box.messages for c, box in self._outboxes.items() if c not in self._gone)
+            if not waiting or (deadline is not None and time.monotonic() >= deadline):
+                return
 
     # --- a run ---
 

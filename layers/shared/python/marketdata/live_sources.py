@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Collection
 from dataclasses import dataclass
 
@@ -43,7 +42,8 @@ class _PairState:
 
 
 class PolledOpenBarStream:
-    """A LiveStream polling the service for one provider's pairs, once per `every` seconds."""
+    """A LiveStream polling the service for one provider's pairs at each `events` call (the broadcaster's
+    tick, every `every` seconds)."""
 
     #: The closed bars it reports were stored by the service's read already (the broadcaster skips them).
     stores_closed_bars = True
@@ -59,7 +59,6 @@ class PolledOpenBarStream:
         self.polls = 0  # pairs read so far (one read per pair per poll)
         self._lock = threading.Lock()
         self._pairs: dict[tuple[str, Interval], _PairState] = {}
-        self._next_poll = 0.0  # monotonic
         self._failing: str | None = None  # why the last poll failed, while it does
         self._closed = False
 
@@ -68,13 +67,8 @@ class PolledOpenBarStream:
             self._pairs = {pair: self._pairs.get(pair) or _PairState() for pair in pairs}
 
     def events(self, timeout: float) -> list[LiveEvent]:
-        wait = self._next_poll - time.monotonic()
-        if wait > 0:
-            if wait > timeout:
-                time.sleep(max(0.0, timeout))
-                return []
-            time.sleep(wait)
-        self._next_poll = time.monotonic() + self.every
+        """One poll of every followed pair, now: the broadcaster calls this once per tick, which is the
+        pace (so `timeout` is never waited)."""
         with self._lock:
             pairs = sorted(self._pairs.items(), key=lambda item: (item[0][0], item[0][1].value))
         if self._closed:
