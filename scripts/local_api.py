@@ -24,6 +24,10 @@
   candles go to a separate embedded database (.local/pgdata-offline), never to DATABASE_URL or the
   normal local cache.
 
+- The live API (scripts/local_live.py) on ws://127.0.0.1:3001 (`--live-port`): the WebSocket routes of
+  template.yaml, a local stand-in for the Management API, and the broadcaster ticking in this process;
+  the chart page is told its URL (LIVE_WEBSOCKET_URL).
+
 `LocalApi` is also what the schemathesis test runs (in a thread).
 """
 
@@ -350,11 +354,13 @@ class LocalApi:
         handlers: dict[str, LambdaHandler] | None = None,
         cors: Cors | None = None,
         access_log: bool = True,
+        invoke_lock: threading.Lock | None = None,
     ) -> None:
         self._server = _Server((host, port), _RequestHandler)
         self._server.handlers = handlers if handlers is not None else load_handlers()
         self._server.cors = cors if cors is not None else Cors.from_config(TEMPLATE.cors)
-        self._server.invoke_lock = threading.Lock()
+        # Shared with the local live API when given: one event at a time reaches any function.
+        self._server.invoke_lock = invoke_lock or threading.Lock()
         self._server.access_log = access_log
         self._server.stats = Counter()
         self._server.stats_lock = threading.Lock()
@@ -480,6 +486,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="serve from the fake Binance/Twelve Data server started in this process (no network)",
     )
+    parser.add_argument(
+        "--live-port",
+        type=int,
+        default=3001,
+        help="port of the live (WebSocket) API and its broadcaster; -1 = none (default 3001)",
+    )
     args = parser.parse_args(argv)
 
     # `kill` (SIGTERM) stops as cleanly as Ctrl-C: the embedded Postgres is shut down, not orphaned.
@@ -515,12 +527,23 @@ def main(argv: list[str] | None = None) -> int:
             os.environ.setdefault("TWELVE_DATA_API_KEY", OFFLINE_TWELVE_DATA_KEY)
             print(f"offline: Binance and Twelve Data are the fake upstream at {upstream.url}")
 
-        api = LocalApi(args.host, args.port)
+        invoke_lock = threading.Lock()
+        live_line = ""
+        if args.live_port >= 0:
+            from scripts.local_live import start_live_stack
+
+            stack = start_live_stack(args.host, args.live_port, invoke_lock=invoke_lock)
+            cleanup.callback(stack.stop)
+            live_line = (
+                f"live candles (WebSocket): {stack.live.url}  send "
+                '{"action": "subscribe", "symbol": "BTCUSDT", "interval": "1m"}\n'
+            )
+        api = LocalApi(args.host, args.port, invoke_lock=invoke_lock)
         cleanup.callback(api.stop)
         print(
             f"\nmarket data API on {api.url}  (Ctrl-C stops)\n"
             f"chart page:           {api.url}/chart\n"
-            f"TradingView UDF feed: {api.url}/udf\n\n{_examples(api.url)}\n",
+            f"TradingView UDF feed: {api.url}/udf\n{live_line}\n{_examples(api.url)}\n",
             flush=True,
         )
         try:

@@ -353,3 +353,39 @@ class LocalBroadcaster:
             self._thread.join(timeout=15)
         with contextlib.suppress(Exception):
             self.service.close()
+
+
+@dataclass
+class LiveStack:
+    """What `dev.py serve` runs for the live API: the WebSocket server, the Management API stand-in
+    delivering to it, and the broadcaster posting through the stand-in."""
+
+    live: LocalLive
+    standin: ManagementStandIn
+    broadcaster: LocalBroadcaster
+
+    def stop(self) -> None:
+        self.broadcaster.stop()
+        self.standin.stop()
+        self.live.stop()
+
+
+def start_live_stack(
+    host: str = "127.0.0.1", port: int = 3001, *, invoke_lock: threading.Lock | None = None,
+    service: Any = None,
+) -> LiveStack:
+    """Start the local live API and point this process's settings at it (LIVE_WEBSOCKET_URL for the
+    chart page, LIVE_MANAGEMENT_ENDPOINT for the broadcaster). `service`: the broadcaster's (a test's,
+    with the fake's clock); by default one of its own on DATABASE_URL."""
+    import os
+
+    from marketdata.config import Settings, get_settings
+
+    live = LocalLive(host, port, invoke_lock=invoke_lock).start()
+    standin = ManagementStandIn(host, 0, live=live).start()
+    os.environ["LIVE_WEBSOCKET_URL"] = live.url
+    os.environ["LIVE_MANAGEMENT_ENDPOINT"] = standin.url
+    get_settings.cache_clear()
+    settings = service.settings if service is not None else Settings.from_env()
+    broadcaster = LocalBroadcaster(settings, standin.url, service=service).start()
+    return LiveStack(live, standin, broadcaster)

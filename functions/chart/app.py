@@ -3,12 +3,14 @@
 Static content only, no market data and no database: the page (static/index.html) draws candles and
 volume with TradingView's Lightweight Charts, whose file ships here (static/, with its license and
 notice), so it works offline, in a VPC and in tests; its data comes from /udf/* in the browser, with
-`Authorization: Bearer <token>` when the user gives one. The page is cached briefly; the assets are
+`Authorization: Bearer <token>` when the user gives one, and the forming bar from the live WebSocket API
+whose URL (LIVE_WEBSOCKET_URL) the page carries in `data-live-url`. The page is cached briefly; the assets are
 versioned by name and cached for a year (immutable).
 """
 
 from __future__ import annotations
 
+import html
 from functools import cache
 from pathlib import Path
 from typing import Annotated
@@ -17,6 +19,7 @@ from aws_lambda_powertools.event_handler import APIGatewayHttpResolver
 from aws_lambda_powertools.event_handler.openapi.params import Path as PathParam
 
 from marketdata import http
+from marketdata.config import get_settings
 
 STATIC = Path(__file__).resolve().parent / "static"
 PAGE = "index.html"
@@ -51,8 +54,15 @@ def _read(name: str) -> str:
 )  # fmt: skip
 def get_page():
     return http.json_response(
-        _read(PAGE), cache_control=PAGE_CACHE_CONTROL, content_type="text/html; charset=utf-8"
+        _page(get_settings().live_websocket_url or ""), cache_control=PAGE_CACHE_CONTROL,
+        content_type="text/html; charset=utf-8",
     )
+
+
+@cache
+def _page(live_url: str) -> str:
+    """The page with the live API's URL in its data-live-url (empty: the page polls)."""
+    return _read(PAGE).replace('data-live-url=""', f'data-live-url="{html.escape(live_url, quote=True)}"', 1)
 
 
 @app.get(
