@@ -43,7 +43,9 @@ Invocations (all in fresh processes; with a database the order matters):
    migrate -> applies every migration (or says up to date), candles (miss or hit) -> candles again (hit),
    bad candles input (400/422, no stack), symbols crypto and forex, every other API Gateway sample event
    in events/ (the UDF datafeed, the chart page: 200, no stack) sent to the function template.yaml routes
-   it to, backfill (jobs from events/backfill_schedule.json) -> candles over the backfilled range (hit),
+   it to, the live function's WebSocket events (connect, subscribe, disconnect), a short broadcaster
+   run with nobody to post to (so boto3, which the Lambda runtime provides, is not needed), backfill
+   (jobs from events/backfill_schedule.json) -> candles over the backfilled range (hit),
    migrate again (nothing). Candle values are compared with the fake upstream's truth. Without
    --database-url the API runs in bypass mode and the migrate function must refuse with a
    ConfigurationError.
@@ -803,10 +805,13 @@ def function_env(options: Options, layer: Path) -> dict[str, dict[str, str]]:
     migrate = dict(common)
     if migrations_dir:
         migrate["MIGRATIONS_DIR"] = migrations_dir.group(1).replace("/opt/python", str(layer), 1)
-    return {
-        logical_id: migrate if logical_id == "MigrateFunction" else common
-        for logical_id in template_functions().code_uris
+    # The broadcaster runs until just before the next minute: here a few ticks (the invocation's context
+    # gives it 60 s, the stop margin keeps all but ~3 of them), posting nowhere (no subscriber is left).
+    broadcaster = {
+        **common, "LIVE_MANAGEMENT_ENDPOINT": "http://127.0.0.1:9", "LIVE_STOP_MARGIN_SECONDS": "57"
     }
+    special = {"MigrateFunction": migrate, "BroadcasterFunction": broadcaster}
+    return {logical_id: special.get(logical_id, common) for logical_id in template_functions().code_uris}
 
 
 def _summary(inv: Invocation) -> str:
@@ -944,6 +949,36 @@ def run_invocations(python313: Path, build: Path, layer: Path, options: Options)
         if path.name in checked or not (isinstance(event, dict) and event.get("version") == "2.0"):
             continue
         step(path.stem.replace("_", " "), routes[event["routeKey"]], event, sample_answer)
+
+    # --- the live API: a WebSocket connection's life, then a broadcaster run (nobody left to post to) ---
+    def live(route: str, wanted: str | None) -> Any:
+        def check(inv: Invocation) -> None:
+            api(inv)
+            result = inv.result if isinstance(inv.result, dict) else {}
+            status = result.get("statusCode")
+            if not has_db:  # nowhere to keep subscriptions: refused with a message, never a crash
+                expect(status == 503, inv, f"statusCode {status}, wanted 503 without a database")
+                return
+            expect(status == 200, inv, f"statusCode {status}, body {str(result.get('body'))[:300]}")
+            if wanted is not None:
+                body = json.loads(result.get("body") or "{}")
+                expect(body.get("type") == wanted, inv, f"reply {str(body)[:300]}, wanted type {wanted}")
+
+        return check
+
+    step("live connect", "LiveFunction", load_event("live_connect.json"), live("$connect", None))
+    step("live subscribe", "LiveFunction", load_event("live_subscribe.json"), live("subscribe", "subscribed"))
+    step("live disconnect", "LiveFunction", load_event("live_disconnect.json"), live("$disconnect", None))
+
+    def broadcast(inv: Invocation) -> None:
+        if not has_db:
+            refuses_without_database(inv)
+            return
+        check_ok(inv)
+        result = inv.result if isinstance(inv.result, dict) else {}
+        expect(result.get("ticks", 0) >= 1 and result.get("posts") == 0, inv, f"returned {result}")
+
+    step("broadcaster", "BroadcasterFunction", load_event("broadcaster_schedule.json"), broadcast, timeout=60)
 
     # --- backfill (the scheduler's Input is the event itself) ---
     jobs = load_event("backfill_schedule.json")

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from marketdata.config import Settings
-from marketdata.errors import MarketDataError
+from marketdata.errors import ConfigurationError, MarketDataError
 from marketdata.intervals import Interval
 from marketdata.live_sources import PolledOpenBarStream
 from marketdata.providers.base import Page
@@ -187,7 +187,7 @@ class Broadcaster:
         threads: int | None = None,
     ) -> None:
         if service.store is None:
-            raise MarketDataError("the broadcaster needs the cache database (subscriptions live there)")
+            raise ConfigurationError("the broadcaster needs the cache database (subscriptions live there)")
         self.service = service
         self.settings = service.settings
         self.poster = poster
