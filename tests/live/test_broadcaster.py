@@ -257,3 +257,23 @@ def _drain_faults(fake: Any) -> None:
 def _row(fake_bar: Any) -> dict[str, Any]:
     return {"time": fake_bar.time, "open": fake_bar.open, "high": fake_bar.high, "low": fake_bar.low,
             "close": fake_bar.close, "volume": fake_bar.volume}  # fmt: skip
+
+
+def test_a_polled_forex_pair_is_read_once_per_open_bar_ttl_and_right_after_its_bar_closes(
+    subscriptions, make_broadcaster, standin, service, fake
+) -> None:
+    subscribe(subscriptions, ["fx="], "EUR/USD", "1m")
+    broadcaster = make_broadcaster(build_streams(service, {}))
+    broadcaster.tick()
+    broadcaster.flush()
+    fake.forget_requests()
+    for _ in range(5):  # five ticks inside the minute: the shared open bar has not moved, no credit spent
+        fake.advance(5)
+        broadcaster.tick()
+    assert fake.count("/time_series") == 0
+    fake.now = FORMING + MINUTE + 1  # its bar closed: read at once (the final bar, the new forming bar)
+    broadcaster.tick()
+    broadcaster.flush()
+    assert fake.count("/time_series") >= 1
+    closed = [m for m in prices(standin, "fx=") if m["is_closed"]]
+    assert [m["candle"]["time"] for m in closed] == [FORMING]

@@ -3,7 +3,9 @@
 For a provider without a WebSocket client configured (Twelve Data by default, and any provider whose
 stream could not be started), the broadcaster follows its pairs by asking the service, once per poll
 and pair, for the newest closed bar and the forming bar (`get_historical_candles(limit=1,
-include_open=True)`). That is the cost issue's path: the forming bar comes from the open-bar cache
+include_open=True)`). A pair is read at most once per its provider's open-bar TTL (Binance 2 s, Twelve
+Data 60 s: the shared open bar does not move sooner) and right after its bar closes, whatever the tick,
+so polling Twelve Data costs about one credit a minute per pair for the open bar, plus its closed bars. That is the cost issue's path: the forming bar comes from the open-bar cache
 shared by every Lambda (fetched at most once per BINANCE/TWELVE_DATA_OPEN_BAR_TTL_SECONDS per pair,
 whoever asks), the closed bar from the cache, filled and covered like any closed bar, and every
 provider request counts against the shared quotas (Twelve Data's credits): when they are spent the
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 
 from marketdata.errors import MarketDataError, UpstreamError
 from marketdata.intervals import Interval, last_closed_open, next_open
+from marketdata.limits import quota_for
 from marketdata.providers.streams import BarUpdate, LiveEvent, StreamStatus
 from marketdata.schemas import CacheStatus, Candle
 from marketdata.service import MarketDataService
@@ -33,12 +36,15 @@ logger = logging.getLogger(__name__)
 HANDOVER_SECONDS = 10.0
 #: Each poll's reads give up after this long (partial answers), so a tick stays a tick.
 POLL_TIMEOUT_SECONDS = 5.0
+#: A pair is read this long after its bar closes (plus Binance's close grace), for the final bar.
+_AFTER_CLOSE_SECONDS = 0.5
 
 
 @dataclass
 class _PairState:
     forming: Candle | None = None  # the forming bar last reported
     closed_time: int | None = None  # the newest closed bar announced (or the baseline)
+    next_poll: float = 0.0  # the service clock's instant before which this pair is not read again
 
 
 class PolledOpenBarStream:
@@ -59,6 +65,9 @@ class PolledOpenBarStream:
         self.polls = 0  # pairs read so far (one read per pair per poll)
         self._lock = threading.Lock()
         self._pairs: dict[tuple[str, Interval], _PairState] = {}
+        # A Binance bar is final (storable) only this long after its close.
+        grace = service.settings.binance_close_grace_seconds if provider == "binance" else 0.0
+        self._close_delay = grace + _AFTER_CLOSE_SECONDS
         self._failing: str | None = None  # why the last poll failed, while it does
         self._closed = False
 
@@ -76,6 +85,8 @@ class PolledOpenBarStream:
         out: list[LiveEvent] = []
         failures: list[str] = []
         for (symbol, interval), state in pairs:
+            if self.service.clock() < state.next_poll:
+                continue
             try:
                 out.extend(self._poll(symbol, interval, state))
             except MarketDataError as exc:
@@ -94,6 +105,10 @@ class PolledOpenBarStream:
         now = self.service.clock()
         last_closed = last_closed_open(interval, now)
         open_time = next_open(interval, last_closed)
+        # Read again once the shared open bar may have moved (its TTL: nobody fetches it sooner anyway),
+        # and right after the forming bar closes (its final bar): never more often, whatever the tick.
+        ttl = quota_for(self.provider, self.service.settings).open_bar_ttl
+        state.next_poll = min(now + ttl, next_open(interval, open_time) + self._close_delay)
         events: list[LiveEvent] = []
         closed = [c for c in result.candles if c.time <= last_closed]
         if closed:
