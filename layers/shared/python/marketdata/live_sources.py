@@ -5,10 +5,11 @@ stream could not be started), the broadcaster follows its pairs by asking the se
 and pair, for the newest closed bar and the forming bar (`get_historical_candles(limit=1,
 include_open=True)`). A pair is read at most once per its provider's open-bar TTL (Binance 2 s, Twelve
 Data 60 s: the shared open bar does not move sooner) and right after its bar closes, whatever the tick,
-so polling Twelve Data costs about one credit a minute per pair for the open bar, plus its closed bars. That is the cost issue's path: the forming bar comes from the open-bar cache
-shared by every Lambda (fetched at most once per BINANCE/TWELVE_DATA_OPEN_BAR_TTL_SECONDS per pair,
-whoever asks), the closed bar from the cache, filled and covered like any closed bar, and every
-provider request counts against the shared quotas (Twelve Data's credits): when they are spent the
+so polling Twelve Data costs about one credit a minute per pair for the open bar, plus its closed bars.
+That is the cost issue's path: the forming bar comes from the open-bar cache shared by every Lambda
+(fetched at most once per BINANCE/TWELVE_DATA_OPEN_BAR_TTL_SECONDS per pair, whoever asks), the closed
+bar from the cache, filled and covered like any closed bar, and every provider request counts against
+the shared quotas (Twelve Data's credits): when they are spent the
 stream reports `reconnecting` and goes on with what the cache has.
 
 Closed bars are announced when a newer one than the last announced appears: on the first poll of a pair
