@@ -238,6 +238,7 @@ class Broadcaster:
                         self._queue(connection, ("bar", *pair.key), latest, mark=False)
         live = {(c, pair.key) for pair in pairs for c in pair.connections}
         self._served &= live
+        self._latest = {key: data for key, data in self._latest.items() if key in subscribers}
         self.stats.ticks += 1
         self.stats.pairs = len(pairs)
         self.stats.connections = len({c for pair in pairs for c in pair.connections})
