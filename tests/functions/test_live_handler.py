@@ -5,6 +5,7 @@ refused frame gets a message saying why."""
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -168,3 +169,52 @@ def test_without_a_database_connect_is_refused(monkeypatch: pytest.MonkeyPatch, 
     result = Live().send("$connect", "c=")
     assert result["statusCode"] == 503
     assert json.loads(result["body"])["type"] == "error"
+
+
+# --- the broadcaster's Lambda handler --------------------------------------------------------------
+
+
+def test_the_broadcaster_function_posts_to_the_subscribers_through_the_configured_endpoint(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from scripts.local_live import ManagementStandIn
+    from tests.functions.conftest import reset_process_singletons
+
+    standin = ManagementStandIn().start()
+    try:
+        # What the template gives the function: the endpoint; boto3 signs with the role's credentials.
+        monkeypatch.setenv("LIVE_MANAGEMENT_ENDPOINT", standin.url)
+        monkeypatch.setenv("LIVE_STOP_MARGIN_SECONDS", "1")
+        for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                            ("AWS_DEFAULT_REGION", "eu-west-1")):  # fmt: skip
+            monkeypatch.setenv(name, value)
+        reset_process_singletons()
+        live.send("$connect", "viewer=")
+        live.subscribe("viewer=", "BTCUSDT", "1m")
+        handler = load_function_module("broadcaster").lambda_handler
+        # A context with 4 s left: the run stops a margin (1 s) before it, after a few ticks.
+        context = FakeLambdaContext("test-broadcaster", timeout_ms=4000)
+        summary = handler({"source": "marketdata.live-schedule"}, context)
+    finally:
+        standin.stop()
+    assert summary["ticks"] >= 1 and summary["pairs"] == 1 and summary["connections"] == 1
+    assert summary["posts"] >= 1 and summary["failed"] == 0
+    (first, *_) = standin.messages("viewer=")
+    assert first["type"] == "price" and first["symbol"] == "BTCUSDT" and first["interval"] == "1m"
+
+
+def test_a_run_ends_before_the_next_minutes_run_and_before_its_timeout() -> None:
+    from marketdata.broadcast import run_window
+    from marketdata.config import Settings
+
+    settings = Settings.model_validate({"LIVE_STOP_MARGIN_SECONDS": "8"})
+    now = time.time()
+    minute = now - now % 60
+    # Started at :02 with 70 s of Lambda: it ends 1 s before the next :00, well inside the timeout.
+    left = run_window(lambda: 70.0, settings, started=minute + 2)()
+    assert abs(left - (minute + 59 - time.time())) < 1
+    # Little Lambda time left: the timeout margin decides (the next run is at least 10 s away).
+    assert run_window(lambda: 10.0, settings, started=now)() == pytest.approx(2.0, abs=0.01)
+    # Started in a minute's last seconds (the schedule fired early for the next :00): the next minute's run.
+    late = run_window(lambda: 1000.0, settings, started=minute + 55)()
+    assert left + 55 < late < left + 65
