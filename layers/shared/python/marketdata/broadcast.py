@@ -217,7 +217,8 @@ class Broadcaster:
         for pair in pairs:
             by_provider.setdefault(PROVIDER_OF[pair.asset_class], []).append(pair)
         for provider, its_pairs in by_provider.items():
-            self._follow(provider, its_pairs)
+            if provider in self.streams:  # a provider without a stream: its pairs wait (none is built so)
+                self._follow(provider, its_pairs)
         subscribers = {pair.key: pair.connections for pair in pairs}
         for provider, stream in list(self.streams.items()):
             try:
