@@ -298,3 +298,12 @@ def test_the_live_websocket_api_its_routes_auth_schedule_and_urls(template: dict
     assert chart == {"Fn::Sub": url}
     live = resources["LiveFunction"]["Properties"]
     assert live["Timeout"] * 1000 < resources["LiveIntegration"]["Properties"]["TimeoutInMillis"] <= 29000
+
+
+def test_the_live_function_reserves_its_concurrency_unless_told_not_to(template: dict[str, Any]) -> None:
+    # Each execution holds a database connection: a flood of connects must not exhaust RDS Proxy.
+    props = deployed(template)["Resources"]["LiveFunction"]["Properties"]
+    default = template["Parameters"]["LiveReservedConcurrency"]["Default"]
+    assert str(props["ReservedConcurrentExecutions"]) == str(default) == "10"
+    unreserved = deployed(template, LiveReservedConcurrency=0)["Resources"]["LiveFunction"]["Properties"]
+    assert "ReservedConcurrentExecutions" not in unreserved
