@@ -26,6 +26,10 @@
   key. Its made-up candles go to a separate embedded database (.local/pgdata-offline, which `dev.py
   backfill --offline` fills), never to DATABASE_URL or the normal local cache.
 
+- The live API (scripts/local_live.py) on ws://127.0.0.1:3002 (`--live-port`): the WebSocket routes of
+  template.yaml, a local stand-in for the Management API, and the broadcaster ticking in this process;
+  the chart page is told its URL (LIVE_WEBSOCKET_URL).
+
 `LocalApi` is also what the schemathesis test runs (in a thread).
 """
 
@@ -61,6 +65,7 @@ from scripts.lambda_context import FakeLambdaContext  # noqa: E402
 LambdaHandler = Callable[[dict[str, Any], Any], dict[str, Any]]
 
 TEMPLATE = sam_template.load()
+LIVE_PORT = 3002  # the live (WebSocket) API; 3000 is the HTTP API, 3001 the offline fake upstream
 #: The routes template.yaml declares: route key -> function directory under functions/.
 ROUTES: dict[str, str] = {key: function.name for key, function in TEMPLATE.route_functions.items()}
 
@@ -325,11 +330,13 @@ class LocalApi:
         handlers: dict[str, LambdaHandler] | None = None,
         cors: Cors | None = None,
         access_log: bool = True,
+        invoke_lock: threading.Lock | None = None,
     ) -> None:
         self._server = _Server((host, port), _RequestHandler)
         self._server.handlers = handlers if handlers is not None else load_handlers()
         self._server.cors = cors if cors is not None else Cors.from_config(TEMPLATE.cors)
-        self._server.invoke_lock = threading.Lock()
+        # Shared with the local live API when given: one event at a time reaches any function.
+        self._server.invoke_lock = invoke_lock or threading.Lock()
         self._server.access_log = access_log
         self._server.stats = Counter()
         self._server.stats_lock = threading.Lock()
@@ -413,6 +420,12 @@ def main(argv: list[str] | None = None) -> int:
         default=local_env.DEFAULT_UPSTREAM_PORT,
         help="with --offline: the fake upstream's port (default %(default)s; 0 = any free port)",
     )
+    parser.add_argument(
+        "--live-port",
+        type=int,
+        default=LIVE_PORT,
+        help="port of the live (WebSocket) API and its broadcaster; -1 = none (default %(default)s)",
+    )
     args = parser.parse_args(argv)
 
     # `kill` (SIGTERM) stops as cleanly as Ctrl-C: the embedded Postgres is shut down, not orphaned.
@@ -436,13 +449,24 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
 
-        api = LocalApi(args.host, args.port)
+        invoke_lock = threading.Lock()
+        live_line = ""
+        if args.live_port >= 0:
+            from scripts.local_live import start_live_stack
+
+            stack = start_live_stack(args.host, args.live_port, invoke_lock=invoke_lock)
+            cleanup.callback(stack.stop)
+            live_line = (
+                f"live candles (WebSocket): {stack.live.url}  send "
+                '{"action": "subscribe", "symbol": "BTCUSDT", "interval": "1m"}\n'
+            )
+        api = LocalApi(args.host, args.port, invoke_lock=invoke_lock)
         cleanup.callback(api.stop)
         backfill = "python3 scripts/dev.py backfill" + (" --offline" if args.offline else "")
         print(
             f"\nmarket data API on {api.url}  (Ctrl-C stops)\n"
             f"chart page:           {api.url}/chart\n"
-            f"TradingView UDF feed: {api.url}/udf\n"
+            f"TradingView UDF feed: {api.url}/udf\n{live_line}"
             f"fill this cache:      {backfill} BTCUSDT:1H:2024-01-01\n\n{_examples(api.url)}\n",
             flush=True,
         )

@@ -43,7 +43,9 @@ Invocations (all in fresh processes; with a database the order matters):
    migrate -> applies every migration (or says up to date), candles (miss or hit) -> candles again (hit),
    bad candles input (400/422, no stack), symbols crypto and forex, every other API Gateway sample event
    in events/ (the UDF datafeed, the chart page: 200, no stack) sent to the function template.yaml routes
-   it to, backfill (jobs from events/backfill_schedule.json) -> candles over the backfilled range (hit),
+   it to, the live function's WebSocket events (connect, subscribe, disconnect), a short broadcaster
+   run with nobody to post to (so boto3, which the Lambda runtime provides, is not needed), backfill
+   (jobs from events/backfill_schedule.json) -> candles over the backfilled range (hit),
    migrate again (nothing). Candle values are compared with the fake upstream's truth. Without
    --database-url the API runs in bypass mode and the migrate function must refuse with a
    ConfigurationError.
@@ -793,8 +795,16 @@ def function_env(options: Options, layer: Path) -> dict[str, dict[str, str]]:
     if options.database_url:
         common["DATABASE_URL"] = options.database_url
     environments = template_functions().environments
+    # The broadcaster runs until just before the next minute: here a few ticks (the invocation's context
+    # gives it 60 s, the stop margin keeps all but ~3 of them), posting nowhere (no subscriber is left).
+    special = {
+        "BroadcasterFunction": {
+            "LIVE_MANAGEMENT_ENDPOINT": "http://127.0.0.1:9",
+            "LIVE_STOP_MARGIN_SECONDS": "57",
+        }
+    }
     return {
-        logical_id: {**common, **_in_layer(variables, layer)}
+        logical_id: {**common, **_in_layer(variables, layer), **special.get(logical_id, {})}
         for logical_id, variables in environments.items()
     }
 
@@ -983,6 +993,37 @@ def _sample_event_steps(run: _Run) -> None:
         run.step(path.stem.replace("_", " "), routes[event["routeKey"]], event, sample_answer)
 
 
+
+def _live_steps(run: _Run) -> None:
+    """The live API: a WebSocket connection's life, then a broadcaster run (nobody left to post to)."""
+
+    def live(wanted: str | None) -> Check:
+        def check(inv: Invocation) -> None:
+            check_api(inv)
+            result = inv.result if isinstance(inv.result, dict) else {}
+            status = result.get("statusCode")
+            if not run.has_db:  # nowhere to keep subscriptions: refused with a message, never a crash
+                expect(status == 503, inv, f"statusCode {status}, wanted 503 without a database")
+                return
+            expect(status == 200, inv, f"statusCode {status}, body {str(result.get('body'))[:300]}")
+            if wanted is not None:
+                body = json.loads(result.get("body") or "{}")
+                expect(body.get("type") == wanted, inv, f"reply {str(body)[:300]}, wanted type {wanted}")
+
+        return check
+
+    run.step("live connect", "LiveFunction", load_event("live_connect.json"), live(None))
+    run.step("live subscribe", "LiveFunction", load_event("live_subscribe.json"), live("subscribed"))
+    run.step("live disconnect", "LiveFunction", load_event("live_disconnect.json"), live(None))
+
+    def broadcast(inv: Invocation) -> None:
+        result = inv.result if isinstance(inv.result, dict) else {}
+        expect(result.get("ticks", 0) >= 1 and result.get("posts") == 0, inv, f"returned {result}")
+
+    event = load_event("broadcaster_schedule.json")
+    run.step("broadcaster", "BroadcasterFunction", event, run.needs_database(broadcast), timeout=60)
+
+
 def _backfill_steps(run: _Run) -> None:
     """The backfill (the scheduler's Input is the event itself), then the cache over what it filled."""
     jobs = load_event("backfill_schedule.json")
@@ -1025,6 +1066,7 @@ def run_invocations(python313: Path, build: Path, layer: Path, options: Options)
     _candles_steps(run)
     _symbols_steps(run)
     _sample_event_steps(run)
+    _live_steps(run)
     _backfill_steps(run)
     if has_db:
         event = load_event("migrate.json")

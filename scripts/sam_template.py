@@ -1,11 +1,13 @@
 """template.yaml read once, for everything that must agree with it: the ONE table of functions and routes.
 
-    python scripts/sam_template.py     print the functions (routes, own environment), the HTTP API's CORS
-                                       and the parameter names as JSON
+    python scripts/sam_template.py     print the functions (routes, own environment), the HTTP API's CORS,
+                                       the WebSocket API's routes and the parameter names as JSON
 
 The local API (scripts/local_api.py), the OpenAPI generation (scripts/gen_openapi.py), the build check
 (scripts/sam_check.py) and the template tests all take the functions, their HttpApi routes and the CORS
-configuration from here, so a route or a function is added in template.yaml and nowhere else.
+configuration from here, so a route or a function is added in template.yaml and nowhere else. The
+WebSocket API's routes (`ws_routes`: route key, the function behind its integration, whether it has a
+route response) serve the local live API (scripts/local_live.py) and the template tests the same way.
 
 Needs PyYAML (the project's dev tools, or SAM's own virtualenv: scripts/sam_check.py runs this file
 there when the interpreter running it has no yaml). `!Ref` to a parameter resolves to the parameter's
@@ -51,6 +53,16 @@ class Route:
 
 
 @dataclass(frozen=True)
+class WsRoute:
+    """A route of the WebSocket API: `$connect`, `subscribe`, ... and the function its integration calls."""
+
+    route_key: str  # $connect, $disconnect, $default, or an action (route selection: $request.body.action)
+    function: str  # logical id of the function behind the route's integration
+    logical_id: str  # the AWS::ApiGatewayV2::Route
+    route_response: bool  # whether the integration's answer goes back to the caller (a RouteResponse)
+
+
+@dataclass(frozen=True)
 class Function:
     logical_id: str  # HistoricalFunction
     code_uri: str  # functions/historical
@@ -74,6 +86,7 @@ class Template:
     functions: dict[str, Function]  # logical id -> function, in template order
     cors: dict[str, Any]  # the HTTP API's CorsConfiguration, parameter references resolved
     parameters: tuple[str, ...] = ()  # the template's parameter names, in template order
+    ws_routes: tuple[WsRoute, ...] = ()  # the WebSocket API's routes, in template order
 
     @property
     def routes(self) -> list[Route]:
@@ -180,7 +193,34 @@ def load(path: Path = TEMPLATE) -> Template:
             tuple(routes),
             _resolve(variables, parameters),
         )
-    return Template(functions, cors, tuple(parameters))
+    return Template(functions, cors, tuple(parameters), _ws_routes(raw.get("Resources") or {}))
+
+
+def _ws_routes(resources: dict[str, Any]) -> tuple[WsRoute, ...]:
+    """The routes of WEBSOCKET APIs: each Route's Target (integrations/${Integration}) leads to the
+    function named in the integration's IntegrationUri (${Function.Arn})."""
+    websocket = {k for k, r in resources.items() if r.get("Type") == "AWS::ApiGatewayV2::Api"
+                 and (r.get("Properties") or {}).get("ProtocolType") == "WEBSOCKET"}  # fmt: skip
+    answered = {
+        (r.get("Properties") or {}).get("RouteId", {}).get("Ref")
+        for r in resources.values() if r.get("Type") == "AWS::ApiGatewayV2::RouteResponse"
+    }  # fmt: skip
+    found = []
+    for logical_id, resource in resources.items():
+        props = resource.get("Properties") or {}
+        api = (props.get("ApiId") or {}).get("Ref")
+        if resource.get("Type") != "AWS::ApiGatewayV2::Route" or api not in websocket:
+            continue
+        target = json.dumps(props.get("Target"))
+        integration = re.search(r"integrations/\$\{(\w+)\}", target)
+        if integration is None:
+            continue
+        uri = json.dumps((resources[integration.group(1)].get("Properties") or {}).get("IntegrationUri"))
+        function = re.search(r"\$\{(\w+)\.Arn\}", uri)
+        if function is not None:
+            route_key = str(props["RouteKey"])
+            found.append(WsRoute(route_key, function.group(1), logical_id, logical_id in answered))
+    return tuple(found)
 
 
 @lru_cache(maxsize=256)
@@ -204,6 +244,7 @@ def main() -> int:
                 "functions": {k: {**asdict(f), "name": f.name} for k, f in template.functions.items()},
                 "cors": template.cors,
                 "parameters": list(template.parameters),
+                "ws_routes": [asdict(route) for route in template.ws_routes],
             },
             indent=2,
         )

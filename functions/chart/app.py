@@ -3,18 +3,21 @@
 Static content only, no market data and no database: the page (static/index.html) draws candles and
 volume with TradingView's Lightweight Charts, whose file ships here (static/, with its license and
 notice), so it works offline, in a VPC and in tests; its data comes from /udf/* in the browser, with
-`Authorization: Bearer <token>` when the user gives one. The page is cached briefly; the assets are
+`Authorization: Bearer <token>` when the user gives one, and the forming bar from the live WebSocket API
+whose URL (LIVE_WEBSOCKET_URL) the page carries in `data-live-url`. The page is cached briefly; the assets are
 versioned by name and cached for a year (immutable).
 """
 
 from __future__ import annotations
 
+import html
 from functools import cache
 from pathlib import Path
 
 from pydantic import BaseModel, Field
 
 from marketdata import http
+from marketdata.config import get_settings
 from marketdata.resolver import APIGatewayHttpResolver
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -56,8 +59,15 @@ def _read(name: str) -> str:
 )  # fmt: skip
 def get_page():
     return http.json_response(
-        _read(PAGE), cache_control=PAGE_CACHE_CONTROL, content_type="text/html; charset=utf-8"
+        _page(get_settings().live_websocket_url or ""), cache_control=PAGE_CACHE_CONTROL,
+        content_type="text/html; charset=utf-8",
     )
+
+
+@cache
+def _page(live_url: str) -> str:
+    """The page with the live API's URL in its data-live-url (empty: the page polls)."""
+    return _read(PAGE).replace('data-live-url=""', f'data-live-url="{html.escape(live_url, quote=True)}"', 1)
 
 
 @app.get(

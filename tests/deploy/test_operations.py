@@ -25,9 +25,11 @@ RESERVED = {  # function -> (parameter, default)
     "UdfFunction": ("UdfReservedConcurrency", 10),
     "SymbolsFunction": ("SymbolsReservedConcurrency", 5),
 }
-LAMBDA_ALARMED = ("HistoricalFunction", "SymbolsFunction", "UdfFunction", "ChartFunction", "BackfillFunction")
+LAMBDA_ALARMED = ("HistoricalFunction", "SymbolsFunction", "UdfFunction", "ChartFunction", "BackfillFunction",
+                  "LiveFunction", "BroadcasterFunction")
 API_LOG_GROUPS = ("HistoricalLogGroup", "SymbolsLogGroup", "UdfLogGroup")
-ROLES = ("ServiceFunctionRole", "BackfillFunctionRole", "MigrateFunctionRole", "ChartFunctionRole")
+ROLES = ("ServiceFunctionRole", "BackfillFunctionRole", "MigrateFunctionRole", "ChartFunctionRole",
+         "LiveFunctionRole", "BroadcasterFunctionRole")
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +212,7 @@ def test_kms_keys_and_their_grants_exist_only_when_given(raw) -> None:
     assert "EnvironmentKeyPolicy" not in plain["Resources"]
     assert not [s for s in statements(plain["Resources"]) if s["Action"] == "kms:Decrypt"]
     groups = _of_type(plain["Resources"], "AWS::Logs::LogGroup")
-    assert len(groups) == 7 and all("KmsKeyId" not in g for g in groups.values())
+    assert len(groups) == 9 and all("KmsKeyId" not in g for g in groups.values())
     for role in ROLES:
         assert "EnvironmentKeyPolicy" not in json.dumps(plain["Resources"][role])
 

@@ -20,7 +20,8 @@ TEMPLATE = sam_template.load()
 FUNCTIONS = tuple(TEMPLATE.functions)
 #: Each function's role: its own grants only (the chart page reads no database and no key).
 ROLES = {"MigrateFunction": "MigrateFunctionRole", "ChartFunction": "ChartFunctionRole",
-         "BackfillFunction": "BackfillFunctionRole"}  # fmt: skip
+         "BackfillFunction": "BackfillFunctionRole", "LiveFunction": "LiveFunctionRole",
+         "BroadcasterFunction": "BroadcasterFunctionRole"}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -113,11 +114,20 @@ def test_no_wildcard_actions_and_scoped_resources(template: dict[str, Any]) -> N
     assert actions == {
         "rds-db:connect", "secretsmanager:GetSecretValue", "ssm:GetParameter", "kms:Decrypt",
         "logs:CreateLogStream", "logs:PutLogEvents", "sts:AssumeRole", "sqs:SendMessage",
+        "execute-api:ManageConnections",
     }  # fmt: skip
     assert not any("*" in action for action in actions)
     for statement in statements:
         if statement["Action"] == "sts:AssumeRole":
             assert statement["Principal"] == {"Service": "lambda.amazonaws.com"}
+            continue
+        if statement["Action"] == "execute-api:ManageConnections":
+            # Posting to the live API's connections, whose ids are not known in advance: that one
+            # stage's @connections, POST only.
+            assert statement["Resource"] == {
+                "Fn::Sub": "arn:${AWS::Partition}:execute-api:${AWS::Region}:${AWS::AccountId}:${LiveApi}"
+                "/live/POST/@connections/*"
+            }
             continue
         resource = statement["Resource"]
         assert resource != "*" and "*" not in json.dumps(resource), statement
@@ -160,10 +170,14 @@ def test_access_is_granted_only_when_used(template: dict[str, Any]) -> None:
     assert "TwelveDataKeyPolicy" not in json.dumps(resources["MigrateFunctionRole"])
     assert "TwelveDataKeyPolicy" in json.dumps(resources["ServiceFunctionRole"])
     assert "TwelveDataKeyPolicy" in json.dumps(resources["BackfillFunctionRole"])
+    assert "TwelveDataKeyPolicy" in json.dumps(resources["BroadcasterFunctionRole"])
+    assert "TwelveDataKeyPolicy" not in json.dumps(resources["LiveFunctionRole"])
+    assert "ManageConnections" in json.dumps(resources["BroadcasterFunctionRole"])
     # Every managed policy of a role is conditional on the feature that needs it.
     chart_role = json.dumps(resources["ChartFunctionRole"])
     assert "TwelveDataKeyPolicy" not in chart_role and "DatabaseAccessPolicy" not in chart_role
-    for role in ("ServiceFunctionRole", "BackfillFunctionRole", "MigrateFunctionRole", "ChartFunctionRole"):
+    for role in ("ServiceFunctionRole", "BackfillFunctionRole", "MigrateFunctionRole", "ChartFunctionRole",
+                 "LiveFunctionRole", "BroadcasterFunctionRole"):
         for arn in resources[role]["Properties"]["ManagedPolicyArns"]:
             assert arn["Fn::If"][2] == {"Ref": "AWS::NoValue"}, arn
     # VPC settings only when subnets and security groups are given.
@@ -240,3 +254,56 @@ def test_snapstart_on_published_versions_behind_the_alias(template: dict[str, An
     for logical_id in ("BackfillFunction", "MigrateFunction"):
         assert "SnapStart" not in template["Resources"][logical_id]["Properties"]
         assert "AutoPublishAlias" not in template["Resources"][logical_id]["Properties"]
+
+
+def test_the_live_websocket_api_its_routes_auth_schedule_and_urls(template: dict[str, Any]) -> None:
+    resources = template["Resources"]
+    api = resources["LiveApi"]["Properties"]
+    assert api["ProtocolType"] == "WEBSOCKET" and api["RouteSelectionExpression"] == "$request.body.action"
+    routes = {route.route_key: route for route in TEMPLATE.ws_routes}
+    assert set(routes) == {"$connect", "$disconnect", "subscribe", "unsubscribe", "$default"}
+    assert {route.function for route in routes.values()} == {"LiveFunction"}
+    # The message routes answer the caller (subscribed / error) through their route response.
+    answered = {key for key, route in routes.items() if route.route_response}
+    assert answered == {"subscribe", "unsubscribe", "$default"}
+    # Only $connect can be authorized on a WebSocket API: the ApiAuth choice applies there.
+    for key, route in routes.items():
+        props = resources[route.logical_id]["Properties"]
+        if key == "$connect":
+            assert props["AuthorizationType"] == {"Fn::If": ["AuthorizeDataRoutes", "AWS_IAM", "NONE"]}
+        else:
+            assert "AuthorizationType" not in props
+    for mode, wanted in (("iam", "AWS_IAM"), ("jwt", "AWS_IAM"), ("none", "NONE")):
+        extra = {"JwtIssuer": "https://issuer.example.com", "JwtAudience": "app"} if mode == "jwt" else {}
+        connect = deployed(template, ApiAuth=mode, **extra)["Resources"][routes["$connect"].logical_id]
+        assert connect["Properties"]["AuthorizationType"] == wanted, mode
+    permission = resources["LiveInvokePermission"]["Properties"]
+    assert permission["FunctionName"] == {"Ref": "LiveFunction"}
+    assert permission["Principal"] == "apigateway.amazonaws.com"
+    assert "${LiveApi}/*" in permission["SourceArn"]["Fn::Sub"]
+
+    # The broadcaster: every minute, running most of it, posting to the stage's management endpoint.
+    stage = resources["LiveStage"]["Properties"]["StageName"]
+    broadcaster = resources["BroadcasterFunction"]["Properties"]
+    (event,) = broadcaster["Events"].values()
+    assert event["Type"] == "ScheduleV2" and event["Properties"]["ScheduleExpression"] == "rate(1 minute)"
+    assert event["Properties"]["FlexibleTimeWindow"] == {"Mode": "OFF"}
+    assert 60 < broadcaster["Timeout"] <= 120
+    endpoint = broadcaster["Environment"]["Variables"]["LIVE_MANAGEMENT_ENDPOINT"]["Fn::Sub"]
+    assert endpoint == f"https://${{LiveApi}}.execute-api.${{AWS::Region}}.${{AWS::URLSuffix}}/{stage}"
+    # Clients and the chart page get the wss URL of the same stage.
+    url = template["Outputs"]["LiveWebSocketUrl"]["Value"]["Fn::Sub"]
+    assert url == f"wss://${{LiveApi}}.execute-api.${{AWS::Region}}.${{AWS::URLSuffix}}/{stage}"
+    chart = resources["ChartFunction"]["Properties"]["Environment"]["Variables"]["LIVE_WEBSOCKET_URL"]
+    assert chart == {"Fn::Sub": url}
+    live = resources["LiveFunction"]["Properties"]
+    assert live["Timeout"] * 1000 < resources["LiveIntegration"]["Properties"]["TimeoutInMillis"] <= 29000
+
+
+def test_the_live_function_reserves_its_concurrency_unless_told_not_to(template: dict[str, Any]) -> None:
+    # Each execution holds a database connection: a flood of connects must not exhaust RDS Proxy.
+    props = deployed(template)["Resources"]["LiveFunction"]["Properties"]
+    default = template["Parameters"]["LiveReservedConcurrency"]["Default"]
+    assert str(props["ReservedConcurrentExecutions"]) == str(default) == "10"
+    unreserved = deployed(template, LiveReservedConcurrency=0)["Resources"]["LiveFunction"]["Properties"]
+    assert "ReservedConcurrentExecutions" not in unreserved

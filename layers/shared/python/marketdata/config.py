@@ -183,6 +183,23 @@ class Settings(BaseModel):
         20.0, ge=0, validation_alias="BACKFILL_SAFETY_MARGIN_SECONDS"
     )
 
+    # --- live candles over WebSocket (marketdata.live, marketdata.broadcast) ---
+    # Subscriptions one WebSocket connection may hold at once; the next subscribe is an error message.
+    live_max_subscriptions_per_connection: int = Field(
+        10, ge=1, le=1000, validation_alias="LIVE_MAX_SUBSCRIPTIONS_PER_CONNECTION"
+    )
+    # The API Gateway Management API the broadcaster posts to (https://<api-id>.execute-api.<region>.
+    # amazonaws.com/<stage>; template.yaml sets it), or the local stand-in of `dev.py serve` and the tests.
+    live_management_endpoint: str | None = Field(None, validation_alias="LIVE_MANAGEMENT_ENDPOINT")
+    # The wss:// URL clients connect to, handed to the chart page (empty: the page polls).
+    live_websocket_url: str | None = Field(None, validation_alias="LIVE_WEBSOCKET_URL")
+    # The broadcaster's tick, the time it keeps free before its Lambda timeout, and its fan-out: posts
+    # run on this many threads, each post given at most this long (a slow connection delays nobody).
+    live_tick_seconds: float = Field(1.0, gt=0, le=30, validation_alias="LIVE_TICK_SECONDS")
+    live_stop_margin_seconds: float = Field(8.0, ge=0, validation_alias="LIVE_STOP_MARGIN_SECONDS")
+    live_fanout_threads: int = Field(32, ge=1, le=256, validation_alias="LIVE_FANOUT_THREADS")
+    live_post_timeout_seconds: float = Field(2.0, gt=0, le=30, validation_alias="LIVE_POST_TIMEOUT_SECONDS")
+
     @field_validator("binance_quote_assets", "forex_pairs", mode="before")
     @classmethod
     def _split_list(cls, value: object) -> object:

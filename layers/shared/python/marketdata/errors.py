@@ -35,6 +35,18 @@ class InvalidInterval(InvalidRequest):
         super().__init__(message, param="interval")
 
 
+class TooManySubscriptions(InvalidRequest):
+    """A live connection asked to follow more pairs than LIVE_MAX_SUBSCRIPTIONS_PER_CONNECTION allows."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"this connection already follows {limit} pairs, the most one connection may:"
+            " unsubscribe from one first, or open another connection",
+            param="symbol",
+        )
+        self.limit = limit
+
+
 class SymbolNotFound(MarketDataError):
     """The provider does not know the symbol (Binance -1121; Twelve Data 404 "**symbol** or **figi**
     parameter is missing or invalid", formerly 400 "**symbol** not found")."""

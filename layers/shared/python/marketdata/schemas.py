@@ -223,3 +223,60 @@ class ErrorResponse(BaseModel):
 
     message: str
     param: str | None = None
+
+
+# --- live messages: the WebSocket API (marketdata.live, marketdata.broadcast; issue 12) ---------------
+# Every message is one JSON object. The client sends SubscribeMessage; the service sends the others, told
+# apart by `type`. docs/live-messages.schema.json is generated from these models (scripts/gen_live_schema.py).
+
+
+class SubscribeMessage(BaseModel):
+    """Client -> service: follow (or stop following) the bars of one symbol and interval."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    action: Literal["subscribe", "unsubscribe"] = Field(description="what to do with the pair")
+    symbol: SymbolField = Field(
+        description="a listed symbol, as /v1/candles takes it: BTCUSDT or EUR/USD", examples=["BTCUSDT"]
+    )
+    interval: IntervalField = Field(description="1m 5m 15m 30m 1H 4H 1D 1W 1M (case matters)")
+
+
+class SubscriptionReply(BaseModel):
+    """Service -> client, the answer to a SubscribeMessage that was accepted."""
+
+    type: Literal["subscribed", "unsubscribed"]
+    symbol: str
+    interval: Interval
+    subscriptions: int = Field(description="how many pairs this connection follows now")
+
+
+class PriceUpdate(BaseModel):
+    """Service -> client: the newest state of a followed pair's bar. The forming bar as it moves
+    (`is_closed` false, at most once per broadcaster tick), then the final bar once (`is_closed` true)."""
+
+    type: Literal["price"] = "price"
+    symbol: str
+    interval: Interval
+    candle: Candle = Field(description="the bar, in the shape of /v1/candles' candles")
+    is_closed: bool
+
+
+class ConnectionStatus(BaseModel):
+    """Service -> client: the health of the provider stream behind the client's subscriptions
+    (`reconnecting` while the service reconnects to the provider, `connected` once it is back)."""
+
+    type: Literal["status"] = "status"
+    status: Literal["connected", "reconnecting", "error"]
+    message: str = ""
+    provider: Literal["binance", "twelve_data"] | None = None
+
+
+class LiveError(BaseModel):
+    """Service -> client: a message that was refused (bad JSON, unknown action, unknown symbol, bad
+    interval, too many subscriptions). `status` is the HTTP status /v1/candles would answer with."""
+
+    type: Literal["error"] = "error"
+    message: str
+    param: str | None = Field(default=None, description="the offending field of the message")
+    status: int = Field(description="400 bad input, 403 plan, 404 unknown symbol, 5xx service side")

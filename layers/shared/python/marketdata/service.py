@@ -1247,6 +1247,15 @@ class MarketDataService:
             status = CacheStatus.MISS
         return got, next_start, status
 
+    def check_listed(self, symbol: str) -> AssetClass:
+        """The asset class of a symbol the service lists, else SymbolNotFound with /v1/candles' hints (the
+        check live subscriptions get too: the same lists, the same messages)."""
+        symbol = normalize_symbol(symbol)
+        asset_class = detect_asset_class(symbol)
+        self._provider(asset_class)
+        self._check_listed(symbol, asset_class)
+        return asset_class
+
     def _check_listed(self, symbol: str, asset_class: AssetClass) -> None:
         """SymbolNotFound at once for a symbol the service does not list (/v1/symbols), so no caller can
         make the providers look up made-up symbols. The lists come from the cache, reread once a minute."""
