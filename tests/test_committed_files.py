@@ -22,9 +22,7 @@ LOCAL_PATHS_ALLOWED = {
     "tests/cache/test_store_connection.py",
 }
 #: Citations another branch removes (issue 11): the entry goes when that branch is merged.
-CITATIONS_PENDING = {
-    "layers/shared/python/marketdata/store.py": "its API listing, dropped by branch compact-storage",
-}
+CITATIONS_PENDING: dict[str, str] = {}
 
 
 def _committed_text_files() -> dict[str, str]:
