@@ -27,13 +27,10 @@ from aws_lambda_powertools.metrics import MetricUnit
 
 from marketdata.backfill import JobStatus, run_scheduled_backfill
 from marketdata.errors import InvalidRequest
-from marketdata.http import logger, metrics
+from marketdata.http import instrumented, logger, metrics
 
 
-@logger.inject_lambda_context(log_event=False)
-@metrics.log_metrics(capture_cold_start_metric=True)
-def lambda_handler(event: Any, context: Any) -> dict[str, Any]:
-    metrics.add_dimension(name="Operation", value="backfill")
+def backfill(event: Any, context: Any) -> dict[str, Any]:
     try:
         summary = run_scheduled_backfill(
             event, remaining_seconds=context.get_remaining_time_in_millis() / 1000
@@ -63,3 +60,6 @@ def lambda_handler(event: Any, context: Any) -> dict[str, Any]:
         extra={"totals": result["totals"], "elapsed_seconds": result["elapsed_seconds"]},
     )
     return result
+
+
+lambda_handler = instrumented(backfill, operation="backfill")

@@ -14,11 +14,8 @@ from marketdata.errors import ConfigurationError
 from marketdata.service import get_service
 
 
-@http.metrics.log_metrics(capture_cold_start_metric=True)
-@http.logger.inject_lambda_context(clear_state=True)
-def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+def broadcast(event: dict[str, Any], context: Any) -> dict[str, Any]:
     started = time.time()
-    http.metrics.add_dimension(name="Operation", value="broadcast")
     service = get_service()
     settings = service.settings
     if not settings.live_management_endpoint:
@@ -39,3 +36,6 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
                "pairs": stats.pairs, "connections": stats.connections, "closed_stored": stats.closed_stored}
     http.logger.info("broadcast run done", extra=summary)
     return summary
+
+
+lambda_handler = http.instrumented(broadcast, operation="broadcast")

@@ -497,7 +497,6 @@ def lambda_entry(
 
     def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         started = time.perf_counter()
-        metrics.add_dimension(name="Operation", value=operation)
         try:
             result = gzip_result(event, app.resolve(event, context))
         except Exception as exc:
@@ -506,21 +505,34 @@ def lambda_entry(
         _account(event, result, elapsed_ms)
         return result
 
-    measured = metrics.log_metrics(handler, capture_cold_start_metric=True)
+    return instrumented(handler, operation=operation, correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
 
-    def metered(event: dict[str, Any], context: Any) -> dict[str, Any]:
+
+def instrumented(
+    handler: Callable[[Any, Any], Any], *, operation: str, correlation_id_path: str | None = None
+) -> Callable[[Any, Any], Any]:
+    """Every function's Lambda handler around its work: the logging context (Lambda context, correlation
+    id), the Operation dimension, the metrics flush with the cold-start metric, and optional tracing."""
+
+    def with_dimension(event: Any, context: Any) -> Any:
+        metrics.add_dimension(name="Operation", value=operation)
+        return handler(event, context)
+
+    measured = metrics.log_metrics(with_dimension, capture_cold_start_metric=True)
+
+    def metered(event: Any, context: Any) -> Any:
         if not is_metrics_disabled():
             return measured(event, context)
         # Metrics off (POWERTOOLS_METRICS_DISABLED, as the local API sets it): Powertools would still
         # print the ColdStart blob and, flushing nothing, keep every request's metrics and its Operation
         # dimension (warning when the next function's differs); forget them after each request instead.
         try:
-            return handler(event, context)
+            return with_dimension(event, context)
         finally:
             metrics.clear_metrics()
 
-    wrapped: LambdaHandler = logger.inject_lambda_context(
-        metered, correlation_id_path=correlation_paths.API_GATEWAY_HTTP, clear_state=True
+    wrapped: Callable[[Any, Any], Any] = logger.inject_lambda_context(
+        metered, correlation_id_path=correlation_id_path, clear_state=True
     )
     if tracing_enabled():
         wrapped = _traced(wrapped)
@@ -550,7 +562,7 @@ def _account(event: Mapping[str, Any], result: Mapping[str, Any], elapsed_ms: fl
     )
 
 
-def _traced(handler: LambdaHandler) -> LambdaHandler:
+def _traced(handler: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
     try:
         from aws_lambda_powertools import Tracer
 

@@ -148,12 +148,11 @@ def _answer(status: int, reply: SubscriptionReply | LiveError) -> dict[str, Any]
 
 
 def lambda_entry() -> Callable[[dict[str, Any], Any], dict[str, Any]]:
-    """The live function's Lambda handler: handle() with the HTTP functions' logging context, metrics
-    flush and optional tracing (marketdata.http's Logger and Metrics)."""
+    """The live function's Lambda handler: handle() inside marketdata.http's instrumentation (logging
+    context, metrics flush, optional tracing), as every function has it."""
 
     def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         started = time.perf_counter()
-        http.metrics.add_dimension(name="Operation", value="live")
         result = handle(event)
         route = (event.get("requestContext") or {}).get("routeKey")
         http.logger.info(
@@ -163,8 +162,4 @@ def lambda_entry() -> Callable[[dict[str, Any], Any], dict[str, Any]]:
         )  # fmt: skip
         return result
 
-    wrapped = http.metrics.log_metrics(handler, capture_cold_start_metric=True)
-    wrapped = http.logger.inject_lambda_context(
-        wrapped, correlation_id_path="requestContext.requestId", clear_state=True
-    )
-    return http._traced(wrapped) if http.tracing_enabled() else wrapped
+    return http.instrumented(handler, operation="live", correlation_id_path="requestContext.requestId")
