@@ -22,7 +22,6 @@ import argparse
 import contextlib
 import logging
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,8 +32,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "layers" / "shared" / "python"))
 
 import bench_cache  # noqa: E402
-from bench_cache import API_KEY, NOW, database  # noqa: E402
-from bench_peer import DELAY_SECONDS  # noqa: E402
+from bench_cache import NOW, database  # noqa: E402
+from bench_peer import DELAY_SECONDS, DelayedUpstreamProcess  # noqa: E402
 
 from marketdata.backfill import PlannedJob, run_backfill  # noqa: E402
 from marketdata.intervals import Interval  # noqa: E402
@@ -44,41 +43,6 @@ from marketdata.store import CandleStore  # noqa: E402
 SYMBOL = "BTCUSDT"
 TARGET_ROWS_PER_SECOND = 40_000
 FIVE_YEARS_OF_1M = 5 * 365 * 1440
-
-
-class _Upstream:
-    """The delayed fake upstream in a child process; `url` and a frozen `clock` at NOW."""
-
-    SCRIPT = (
-        "import sys, time\n"
-        "sys.path[:0] = sys.argv[1:4]\n"
-        "from bench_peer import DELAY_SECONDS, DelayProxy\n"
-        "from tests.support.fake_upstream import FakeUpstream\n"
-        "fake = FakeUpstream(api_keys=[sys.argv[4]]).start()\n"
-        "fake.now = float(sys.argv[5])\n"
-        "proxy = DelayProxy(fake.url, DELAY_SECONDS).start()\n"
-        "print(proxy.url, flush=True)\n"
-        "sys.stdin.read()\n"
-    )
-
-    def __init__(self) -> None:
-        paths = [str(ROOT), str(ROOT / "bench"), str(ROOT / "layers" / "shared" / "python")]
-        self._proc = subprocess.Popen(
-            [sys.executable, "-c", self.SCRIPT, *paths, API_KEY, str(NOW)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        )
-        assert self._proc.stdout is not None
-        self.url = self._proc.stdout.readline().strip()
-
-    @staticmethod
-    def clock() -> float:
-        return float(NOW)
-
-    def stop(self) -> None:
-        assert self._proc.stdin is not None
-        self._proc.stdin.close()
-        self._proc.terminate()
-        self._proc.wait(10)
 
 
 def backfill(url: str, upstream: object, raw: object, *, days: int, parallel: int) -> tuple[int, float, int]:
@@ -110,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("marketdata").setLevel(logging.WARNING)
     os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
 
-    upstream = _Upstream()
+    upstream = DelayedUpstreamProcess()
     try:
         with database() as url, contextlib.closing(bench_cache._connect(url)) as raw:
             print(f"bench_backfill: fake upstream + {DELAY_SECONDS * 1000:.0f} ms per request, {SYMBOL} 1m,"

@@ -4,11 +4,11 @@
 Run from the repository root:  .venv/bin/python bench/bench_peer.py [--runs 5]
 
 Needs the dev extras (ccxt is a dev dependency only, never in the layer). One run, side by side:
-the test fake upstream (tests/support/fake_upstream.py, frozen clock) behind a small proxy that adds
-50 ms to every upstream request, as a real round trip would; ccxt's binance and the service's Binance
-client both go through it. Postgres is embedded (or DATABASE_URL, as bench_cache.py). For 1000 and
-5000 bars of BTCUSDT 1H and 1m (a forward request: `start` and `limit`, the same bars ccxt pages
-through with `since`/`limit` 1000):
+the test fake upstream (tests/support/fake_upstream.py, frozen clock) in a child process, behind a
+small proxy that adds 50 ms to every upstream request, as a real round trip would; ccxt's binance and the
+service's Binance client both go through it. Postgres is embedded (or DATABASE_URL, as bench_cache.py).
+For 1000 and 5000 bars of BTCUSDT 1H and 1m (a forward request: `start` and `limit`, the same bars ccxt
+pages through with `since`/`limit` 1000):
 
 - ccxt: `fetch_ohlcv` page by page (markets loaded once, untimed), the rows as ccxt returns them;
 - cold: the cache emptied of the series before every run; warm: the same request again (a hit);
@@ -31,6 +31,7 @@ import io
 import json
 import os
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -52,7 +53,6 @@ from bench_cache import API_KEY, NOW, database  # noqa: E402
 
 from marketdata.intervals import Interval, add_bars, last_closed_open  # noqa: E402
 from marketdata.store import CandleStore  # noqa: E402
-from tests.support.fake_upstream import FakeUpstream  # noqa: E402
 
 DELAY_SECONDS = 0.050
 SYMBOL = "BTCUSDT"
@@ -64,25 +64,38 @@ CCXT_TIMEFRAME = {Interval.H1: "1h", Interval.M1: "1m"}
 
 
 class DelayProxy:
-    """GET forwarder to `target` that waits `delay` seconds before every request (a WAN round trip)."""
+    """GET forwarder to `target` that waits `delay` seconds before every request (a WAN round trip).
 
-    def __init__(self, target: str, delay: float) -> None:
+    `memo`: answer a path seen before from memory. The fake upstream (frozen clock) is a pure function of
+    the URL, but it builds and encodes every page in Python, one at a time under its interpreter lock: left
+    alone, its own work (about as long as the 50 ms delay per 1000 bars) would be part of every figure, and
+    pages asked for at once would queue behind each other, where a real exchange answers them in parallel
+    on many servers. With it, the upstream costs its round trip (plus the transfer), for ccxt and the
+    service alike; the first of each figure's runs still pays the fake's work."""
+
+    def __init__(self, target: str, delay: float, *, memo: bool = False) -> None:
         host, port = target.removeprefix("http://").split(":")
         local = threading.local()
+        seen: dict[str, tuple[int, list[tuple[str, str]], bytes]] = {}
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
             def do_GET(self) -> None:
                 time.sleep(delay)
-                conn = getattr(local, "conn", None)
-                if conn is None:
-                    conn = local.conn = http.client.HTTPConnection(host, int(port), timeout=30)
-                conn.request("GET", self.path, headers={"Accept-Encoding": "identity"})
-                answer = conn.getresponse()
-                body = answer.read()
-                self.send_response(answer.status)
-                for name, value in answer.getheaders():
+                known = seen.get(self.path) if memo else None
+                if known is None:
+                    conn = getattr(local, "conn", None)
+                    if conn is None:
+                        conn = local.conn = http.client.HTTPConnection(host, int(port), timeout=30)
+                    conn.request("GET", self.path, headers={"Accept-Encoding": "identity"})
+                    answer = conn.getresponse()
+                    known = (answer.status, answer.getheaders(), answer.read())
+                    if memo and answer.status == 200:
+                        seen[self.path] = known
+                status, headers, body = known
+                self.send_response(status)
+                for name, value in headers:
                     if name.lower() not in ("content-length", "transfer-encoding", "connection"):
                         self.send_header(name, value)
                 self.send_header("Content-Length", str(len(body)))
@@ -111,6 +124,44 @@ class DelayProxy:
 
 
 # --- the three ways to get the bars -------------------------------------------------------------------
+
+
+class DelayedUpstreamProcess:
+    """The fake upstream behind DelayProxy, in a child process with a frozen clock at NOW: its work (building
+    and encoding the bars) runs on its own interpreter, as a real provider's runs on its own servers, instead
+    of competing for this process's GIL with the clients measured. `url`, `clock`, `stop()`."""
+
+    SCRIPT = (
+        "import sys, time\n"
+        "sys.path[:0] = sys.argv[1:4]\n"
+        "from bench_peer import DELAY_SECONDS, DelayProxy\n"
+        "from tests.support.fake_upstream import FakeUpstream\n"
+        "fake = FakeUpstream(api_keys=[sys.argv[4]]).start()\n"
+        "fake.now = float(sys.argv[5])\n"
+        "proxy = DelayProxy(fake.url, DELAY_SECONDS, memo=sys.argv[6] == 'memo').start()\n"
+        "print(proxy.url, flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+
+    def __init__(self, *, memo: bool = False) -> None:
+        """`memo`: see DelayProxy."""
+        paths = [str(ROOT), str(ROOT / "bench"), str(ROOT / "layers" / "shared" / "python")]
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", self.SCRIPT, *paths, API_KEY, str(NOW), "memo" if memo else "-"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        assert self._proc.stdout is not None
+        self.url = self._proc.stdout.readline().strip()
+
+    @staticmethod
+    def clock() -> float:
+        return float(NOW)
+
+    def stop(self) -> None:
+        assert self._proc.stdin is not None
+        self._proc.stdin.close()
+        self._proc.terminate()
+        self._proc.wait(10)
 
 
 def load_handler_module() -> ModuleType:
@@ -173,19 +224,17 @@ def _run(argv: list[str] | None, figures: Any) -> int:
 
     from scripts.local_api import FakeLambdaContext, LocalApi, to_v2_event
 
-    fake = FakeUpstream(api_keys=[API_KEY]).start()
-    fake.now = NOW
-    proxy = DelayProxy(fake.url, DELAY_SECONDS).start()
+    upstream = DelayedUpstreamProcess(memo=True)
     try:
         with database() as url:
-            delayed = type("Delayed", (), {"url": proxy.url, "clock": fake.clock})()
+            delayed = upstream
             store = CandleStore(bench_cache._settings(url))
             service = bench_cache.service_for(url, delayed, store)  # type: ignore[arg-type]
             app = load_handler_module()
             app.get_service = lambda: service  # the handler's service: this one, on the delayed upstream
             api = LocalApi("127.0.0.1", 0, handlers={"GET /v1/candles": app.lambda_handler},
                            access_log=False).start()
-            exchange = ccxt_exchange(proxy.url)
+            exchange = ccxt_exchange(upstream.url)
             raw = bench_cache._connect(url)
             host, port = api.url.removeprefix("http://").split(":")
             client = http.client.HTTPConnection(host, int(port), timeout=60)
@@ -274,8 +323,7 @@ def _run(argv: list[str] | None, figures: Any) -> int:
             store.close()
             service.close()
     finally:
-        proxy.stop()
-        fake.stop()
+        upstream.stop()
     return 0
 
 
