@@ -5,7 +5,7 @@ Run from the repository root:  .venv/bin/python bench/bench_cache.py [--runs 25]
 
 It uses DATABASE_URL when set (a database it may create tables in; the benchmark's rows are deleted
 first), else it starts an embedded Postgres in a temporary directory. The upstream is the test fake
-(tests/support/fake_upstream.py), in process, with a frozen clock; the service uses the real Binance and
+(devtools/fake_upstream.py), in process, with a frozen clock; the service uses the real Binance and
 Twelve Data clients over HTTP against it. All three parts run in one go on the same data:
 
 1. Reading 1000 and 5000 cached bars through get_historical_candles (a cache hit: validation, coverage
@@ -40,11 +40,12 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # tests.support.fake_upstream
+sys.path.insert(0, str(ROOT))  # devtools.fake_upstream
 sys.path.insert(0, str(ROOT / "layers" / "shared" / "python"))
 
 import pg8000.native  # noqa: E402
 
+from devtools.fake_upstream import FakeUpstream  # noqa: E402
 from marketdata import http  # noqa: E402
 from marketdata.config import Settings  # noqa: E402
 from marketdata.intervals import Interval, add_bars, last_closed_open  # noqa: E402
@@ -53,7 +54,6 @@ from marketdata.providers.base import Page  # noqa: E402
 from marketdata.schemas import Candle  # noqa: E402
 from marketdata.service import MarketDataService  # noqa: E402
 from marketdata.store import CandleStore, connection_kwargs  # noqa: E402
-from tests.support.fake_upstream import FakeUpstream  # noqa: E402
 
 NOW = 1715769440  # 2024-05-15 10:37:20 UTC, a Wednesday (mid-bar for every interval)
 API_KEY = "bench-td-key"

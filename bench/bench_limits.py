@@ -21,12 +21,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_cache import API_KEY, NOW, _settings, database
 
+from devtools.fake_upstream import FakeUpstream
 from marketdata.errors import MarketDataError
 from marketdata.intervals import Interval, add_bars, last_closed_open
 from marketdata.schemas import AssetClass
 from marketdata.service import MarketDataService
 from marketdata.store import CandleStore
-from tests.support.fake_upstream import FakeUpstream
 
 M1 = Interval.M1
 

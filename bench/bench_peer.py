@@ -4,7 +4,7 @@
 Run from the repository root:  .venv/bin/python bench/bench_peer.py [--runs 5]
 
 Needs the dev extras (ccxt is a dev dependency only, never in the layer). One run, side by side:
-the test fake upstream (tests/support/fake_upstream.py, frozen clock) in a child process, behind a
+the test fake upstream (devtools/fake_upstream.py, frozen clock) in a child process, behind a
 small proxy that adds 50 ms to every upstream request, as a real round trip would; ccxt's binance and the
 service's Binance client both go through it. Postgres is embedded (or DATABASE_URL, as bench_cache.py).
 For 1000 and 5000 bars of BTCUSDT 1H and 1m (a forward request: `start` and `limit`, the same bars ccxt
@@ -135,7 +135,7 @@ class DelayedUpstreamProcess:
         "import sys, time\n"
         "sys.path[:0] = sys.argv[1:4]\n"
         "from bench_peer import DELAY_SECONDS, DelayProxy\n"
-        "from tests.support.fake_upstream import FakeUpstream\n"
+        "from devtools.fake_upstream import FakeUpstream\n"
         "fake = FakeUpstream(api_keys=[sys.argv[4]]).start()\n"
         "fake.now = float(sys.argv[5])\n"
         "proxy = DelayProxy(fake.url, DELAY_SECONDS, memo=sys.argv[6] == 'memo').start()\n"

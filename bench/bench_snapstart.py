@@ -102,7 +102,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=9)
     args = parser.parse_args()
-    from tests.support.fake_upstream import FakeUpstream
+    from devtools.fake_upstream import FakeUpstream
 
     fake = FakeUpstream().start()
     try:

@@ -20,7 +20,7 @@
   and Access-Control-Expose-Headers added, and CORS headers a function sets itself are dropped.
 - One request at a time reaches the functions, as a Lambda execution environment handles one event
   at a time (the resolvers and the database connection are per-process singletons).
-- --offline starts the fake Binance/Twelve Data server (tests/support/fake_upstream.py) in this process,
+- --offline starts the fake Binance/Twelve Data server (devtools/fake_upstream.py) in this process,
   on a fixed port (--upstream-port, default 3001; 0 = any free port) so its printed URL stays the same
   between starts, and points BINANCE_REST_URL / TWELVE_DATA_REST_URL at it, with a dummy Twelve Data
   key. Its made-up candles go to a separate embedded database (.local/pgdata-offline, which `dev.py
@@ -56,7 +56,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # tests.support.fake_upstream, when run as a script
+if str(ROOT) not in sys.path:  # devtools.fake_upstream, when run as a script
     sys.path.insert(0, str(ROOT))
 
 from scripts import local_env, sam_template  # noqa: E402

@@ -4,7 +4,7 @@ One story for both tools, so that a backfill fills exactly the cache `serve` ans
 
 - Without --offline: DATABASE_URL when set, else the embedded Postgres in `.local/pgdata` (created on
   first use, started if it is not running, kept between runs so the cache stays warm).
-- With --offline: the fake Binance/Twelve Data server (tests/support/fake_upstream.py) stands in for
+- With --offline: the fake Binance/Twelve Data server (devtools/fake_upstream.py) stands in for
   the providers, and its made-up candles go to their own embedded Postgres in `.local/pgdata-offline`
   (DATABASE_URL ignored), so they can never mix with real ones in the normal local cache.
 
@@ -247,9 +247,9 @@ def open_local_database(
 def start_offline_upstream(cleanup: contextlib.ExitStack, port: int = 0) -> Any:
     """The fake Binance/Twelve Data server on `port` (0: any free one), with the provider settings
     pointed at it; stopped by `cleanup`."""
-    if str(ROOT) not in sys.path:  # tests.support.fake_upstream, when run as a script
+    if str(ROOT) not in sys.path:  # devtools.fake_upstream, when run as a script
         sys.path.insert(0, str(ROOT))
-    from tests.support.fake_upstream import FakeUpstream
+    from devtools.fake_upstream import FakeUpstream
 
     try:
         upstream = FakeUpstream(port=port).start()

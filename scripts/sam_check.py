@@ -54,7 +54,7 @@ The functions (their routes and own environment) and the parameter names are tem
 scripts/sam_template.py (with PyYAML from the interpreter running this, or else from .venv-sam, which
 SAM brings it to).
 
---upstream-url must be the fake upstream (tests/support/fake_upstream.py); without it one is started
+--upstream-url must be the fake upstream (devtools/fake_upstream.py); without it one is started
 in this process. --database-url should name an empty or migrated database the check may write to.
 Exit status 0 when everything holds, 1 with a list of what did not, 2 when a tool is missing.
 Standard library only, like scripts/dev.py.
@@ -712,7 +712,7 @@ def expect(condition: bool, inv: Invocation, message: str) -> None:
 def expected_candles(symbol: str, interval: str, start: int, end: int) -> list[dict[str, Any]]:
     sys.path.insert(0, str(ROOT))
     try:
-        from tests.support.fake_upstream import expected_bars
+        from devtools.fake_upstream import expected_bars
     finally:
         sys.path.remove(str(ROOT))
     return [dict(bar._asdict()) for bar in expected_bars(symbol, interval, start, end)]
@@ -1079,7 +1079,7 @@ def run_invocations(python313: Path, build: Path, layer: Path, options: Options)
 def start_fake_upstream() -> Any:
     sys.path.insert(0, str(ROOT))
     try:
-        from tests.support.fake_upstream import FakeUpstream
+        from devtools.fake_upstream import FakeUpstream
     finally:
         sys.path.remove(str(ROOT))
     return FakeUpstream().start()  # accepts any non-empty Twelve Data key

@@ -16,11 +16,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+from devtools.fake_upstream import expected_bars
 from marketdata.backfill import parse_since
 from marketdata.config import Settings
 from marketdata.store import CandleStore
 from scripts import dev, local_env
-from tests.support.fake_upstream import expected_bars
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()

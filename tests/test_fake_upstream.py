@@ -26,9 +26,9 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 
+from devtools import fake_upstream as fu
+from devtools.fake_upstream import FakeUpstream, expected_bars
 from marketdata import intervals as app_intervals
-from tests.support import fake_upstream as fu
-from tests.support.fake_upstream import FakeUpstream, expected_bars
 from tests.support.upstream_fixtures import TEST_TWELVE_DATA_API_KEY
 
 SAMPLES = Path(__file__).parent / "data" / "provider-samples"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import calendar
 from dataclasses import dataclass, field
 
+from devtools.fake_upstream import FakeUpstream
 from marketdata.backfill import PlannedJob
 from marketdata.config import Settings
 from marketdata.intervals import Interval, first_open_at_or_after, last_closed_open
@@ -13,7 +14,6 @@ from marketdata.providers.twelve_data import TwelveDataClient
 from marketdata.schemas import AssetClass, Candle
 from marketdata.service import MarketDataService
 from marketdata.store import CandleStore
-from tests.support.fake_upstream import FakeUpstream
 from tests.support.upstream_fixtures import settings_for
 
 # Wednesday 2024-05-15 10:37:20 UTC: 20 s into a minute, so advancing the fake clock by a second or two

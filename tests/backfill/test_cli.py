@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from devtools.fake_upstream import FakeUpstream
 from marketdata.backfill import (
     BackfillSummary,
     JobProgress,
@@ -26,7 +27,6 @@ from marketdata.backfill import (
 )
 from marketdata.intervals import Interval, first_open_at_or_after, last_closed_open
 from marketdata.store import CandleStore
-from tests.support.fake_upstream import FakeUpstream
 from tests.support.upstream_fixtures import upstream_env
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,13 +13,13 @@ from types import ModuleType
 
 import pytest
 
+from devtools.fake_upstream import FakeUpstream
 from marketdata import backfill
 from marketdata.config import get_settings
 from marketdata.errors import InvalidRequest
 from marketdata.intervals import Interval, first_open_at_or_after
 from marketdata.store import CandleStore
 from scripts.lambda_context import FakeLambdaContext
-from tests.support.fake_upstream import FakeUpstream
 from tests.support.upstream_fixtures import TEST_TWELVE_DATA_API_KEY
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,6 +7,7 @@ import math
 
 import pytest
 
+from devtools.fake_upstream import FakeUpstream
 from marketdata.backfill import InvalidJob, JobProgress, JobResult, JobStatus, run_backfill
 from marketdata.config import Settings
 from marketdata.intervals import Interval, add_bars, first_open_at_or_after, last_closed_open, next_open
@@ -24,7 +25,6 @@ from tests.backfill.helpers import (
     truth,
     wire,
 )
-from tests.support.fake_upstream import FakeUpstream
 
 M1 = Interval.M1
 

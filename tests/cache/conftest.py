@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
+from devtools.fake_upstream import FakeUpstream
 from marketdata.service import MarketDataService
 from marketdata.store import CandleStore
 from tests.cache.service_helpers import NOW, FrozenClock, connect, real_service
-from tests.support.fake_upstream import FakeUpstream
 from tests.support.upstream_fixtures import settings_for
 
 

@@ -8,10 +8,10 @@ import time
 
 import pytest
 
+from devtools.fake_upstream import weekend_closure, weekend_populated
 from marketdata.errors import SymbolNotFound, SymbolNotInPlan
 from marketdata.schemas import CacheStatus
 from marketdata.service import MarketDataService
-from tests.support.fake_upstream import weekend_closure, weekend_populated
 
 SERIES = "/time_series"
 H = 3600

@@ -14,10 +14,10 @@ from urllib.parse import urlencode
 
 import pytest
 
+from devtools.fake_upstream import FakeUpstream
 from scripts.gen_openapi import load_function_module
 from scripts.local_api import ROUTES, FakeLambdaContext, LocalApi, load_handlers, to_v2_event
 from scripts.sam_template import route_for
-from tests.support.fake_upstream import FakeUpstream
 from tests.support.upstream_fixtures import upstream_env
 
 #: Every variable the service reads that a developer's shell might set: cleared for each test.

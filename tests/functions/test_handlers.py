@@ -8,10 +8,10 @@ import math
 
 import pytest
 
+from devtools.fake_upstream import FakeUpstream
 from marketdata.schemas import MAX_UNIX_SECONDS
 from scripts.local_api import FakeLambdaContext
 from tests.functions.conftest import Api
-from tests.support.fake_upstream import FakeUpstream
 
 JAN_1_2024 = 1704067200  # 2024-01-01T00:00:00Z, a Monday
 HOUR = 3600

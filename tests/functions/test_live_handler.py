@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
+from devtools.fake_upstream import FakeUpstream
 from scripts.gen_openapi import load_function_module
 from scripts.local_api import FakeLambdaContext
 from scripts.local_live import to_ws_event
 from tests.cache.service_helpers import connect
-from tests.support.fake_upstream import FakeUpstream
 
 
 class Live:

@@ -15,13 +15,13 @@ from typing import Any
 import pytest
 from websockets.sync.client import connect
 
+from devtools.fake_upstream import FakeUpstream
 from marketdata.config import Settings
 from marketdata.store import CandleStore
 from scripts.local_api import LocalApi
 from scripts.local_live import LiveStack, start_live_stack
 from tests.cache.service_helpers import real_service
 from tests.functions.test_chart_page import CHROMIUM, CHROMIUM_ARGS, WAIT_MS, _playwright
-from tests.support.fake_upstream import FakeUpstream
 
 MINUTE = 60
 

@@ -7,11 +7,11 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from devtools.fake_upstream import FakeUpstream
 from marketdata import udf
 from marketdata.schemas import ErrorResponse, HistoryResponse, SymbolsResponse
 from scripts.local_api import ROOT, ROUTES, to_v2_event
 from tests.functions.conftest import Answer, Api
-from tests.support.fake_upstream import FakeUpstream
 
 EVENTS_DIR = ROOT / "events"
 

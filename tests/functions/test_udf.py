@@ -9,9 +9,9 @@ import time
 
 import pytest
 
+from devtools.fake_upstream import FakeUpstream
 from marketdata.udf import MAX_BARS, SUPPORTED_RESOLUTIONS
 from tests.functions.conftest import Answer, Api
-from tests.support.fake_upstream import FakeUpstream
 from tests.support.truth import service_truth
 
 JAN_1_2024 = 1704067200  # a Monday

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from devtools.fake_upstream import FakeUpstream
 from marketdata.broadcast import Broadcaster, ManagementApiPoster
 from marketdata.intervals import Interval
 from marketdata.providers.streams import LiveEvent
@@ -19,7 +20,6 @@ from marketdata.store import CandleStore
 from marketdata.subscriptions import Subscriptions
 from scripts.local_live import ManagementStandIn
 from tests.cache.service_helpers import real_service
-from tests.support.fake_upstream import FakeUpstream
 from tests.support.upstream_fixtures import settings_for
 
 #: Wednesday 2024-05-15 10:37:20 UTC: 20 s into a minute, forex open.

@@ -1,7 +1,7 @@
 """Test doubles for the provider unit tests: a fake clock, a request recorder, tiny upstream emulators.
 
 The emulators here are deliberately small (one function each) and follow the documented upstream
-semantics that the clients depend on; the full fake server lives in tests/support/fake_upstream.py.
+semantics that the clients depend on; the full fake server lives in devtools/fake_upstream.py.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The provider clients against the fake upstream server (tests/support/fake_upstream.py), over real HTTP.
+"""The provider clients against the fake upstream server (devtools/fake_upstream.py), over real HTTP.
 
 The fake speaks both APIs as docs/providers.md describes them (paging, caps, timezones, weekends, error
 bodies) and computes the truth independently (`expected_bars`), so these tests check the clients'
@@ -15,6 +15,8 @@ from datetime import datetime
 
 import pytest
 
+from devtools import fake_upstream as fu
+from devtools.fake_upstream import FakeUpstream
 from marketdata.config import Settings
 from marketdata.errors import (
     InvalidRequest,
@@ -29,8 +31,6 @@ from marketdata.intervals import Interval
 from marketdata.providers.binance import BinanceClient
 from marketdata.providers.twelve_data import TwelveDataClient
 from marketdata.schemas import Candle
-from tests.support import fake_upstream as fu
-from tests.support.fake_upstream import FakeUpstream
 from tests.support.upstream_fixtures import TEST_TWELVE_DATA_API_KEY, settings_for
 
 KLINES = "/api/v3/klines"

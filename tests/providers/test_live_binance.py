@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from devtools.fake_streams import BINANCE_PATH, FakeStreams
+from devtools.fake_upstream import FakeUpstream
 from marketdata.intervals import Interval
 from marketdata.providers.binance import BinanceClient
 from marketdata.providers.binance_live import MAX_STREAMS_PER_CONNECTION, BinanceKlineStream, stream_name
@@ -15,8 +17,6 @@ from marketdata.providers.streams import LiveStream
 from marketdata.schemas import Candle
 from tests.providers.helpers import utc
 from tests.providers.live_helpers import Collector, package_logs
-from tests.support.fake_streams import BINANCE_PATH, FakeStreams
-from tests.support.fake_upstream import FakeUpstream
 from tests.support.upstream_fixtures import settings_for, stream_settings_for
 
 T = utc("2026-01-14 12:00")  # a Wednesday

@@ -12,6 +12,8 @@ import sys
 import threading
 import time
 
+from devtools.fake_streams import FakeStreams
+from devtools.fake_upstream import FakeUpstream, _day_label, _day_span
 from marketdata.config import Settings
 from marketdata.intervals import Interval, forex_day, forex_day_end, new_york_offset
 from marketdata.providers.binance_live import BinanceKlineStream
@@ -19,8 +21,6 @@ from marketdata.providers.streams import BarUpdate, EventQueue, StreamStatus, ba
 from marketdata.providers.twelve_data_live import TwelveDataPriceStream
 from marketdata.schemas import Candle
 from tests.providers.helpers import utc
-from tests.support.fake_streams import FakeStreams
-from tests.support.fake_upstream import FakeUpstream, _day_label, _day_span
 from tests.support.upstream_fixtures import stream_settings_for
 
 

@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from devtools.fake_streams import SERVER_LOGGER, TWELVE_DATA_PATH, FakeStreams
+from devtools.fake_upstream import FakeUpstream, expected_bars
 from marketdata.intervals import Interval
 from marketdata.providers.streams import BarUpdate, LiveStream
 from marketdata.providers.twelve_data import TwelveDataClient
@@ -28,8 +30,6 @@ from marketdata.providers.twelve_data_live import (
 from marketdata.schemas import Candle
 from tests.providers.helpers import utc
 from tests.providers.live_helpers import Collector, package_logs
-from tests.support.fake_streams import SERVER_LOGGER, TWELVE_DATA_PATH, FakeStreams
-from tests.support.fake_upstream import FakeUpstream, expected_bars
 from tests.support.upstream_fixtures import TEST_TWELVE_DATA_API_KEY, settings_for, stream_settings_for
 
 T = utc("2026-01-14 12:00")  # a Wednesday, winter: New York is UTC-5

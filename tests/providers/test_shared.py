@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from devtools.fake_upstream import FakeUpstream
 from marketdata.config import Settings
 from marketdata.errors import ConfigurationError, UpstreamAuthError, UpstreamBadResponse, UpstreamUnavailable
 from marketdata.intervals import Interval
@@ -31,7 +32,6 @@ from marketdata.providers.http import USER_AGENT, build_http_client, retry_after
 from marketdata.providers.twelve_data import TwelveDataClient
 from marketdata.schemas import AssetClass, Candle
 from tests.providers.helpers import API_KEY, FakeTime, Recorder, json_response, make_settings, utc
-from tests.support.fake_upstream import FakeUpstream
 from tests.support.upstream_fixtures import settings_for
 
 H = 3600

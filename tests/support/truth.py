@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from devtools.fake_upstream import FakeUpstream, bar_open, canonical_interval, next_open
 from marketdata.schemas import Candle
-from tests.support.fake_upstream import FakeUpstream, bar_open, canonical_interval, next_open
 
 #: Forex (Twelve Data): app interval -> the Twelve Data interval it is built from, as the README says.
 FOREX_BUILT_FROM: dict[str, str] = {"4H": "1h", "1W": "1day", "1M": "1day"}

@@ -8,7 +8,7 @@
   Data key and small timeouts and retry budgets so injected faults resolve quickly.
 - `settings_for(fake, **overrides)`: the same as a plain function, for tests that need other knobs.
 - `fake_streams_server` (session) / `fake_streams` (function, reset around the test): the fake's
-  WebSocket streams (tests/support/fake_streams.py) on the same model and clock as `fake_upstream`.
+  WebSocket streams (devtools/fake_streams.py) on the same model and clock as `fake_upstream`.
 - `stream_settings_for(fake, streams, **overrides)`: `settings_for` plus both stream URLs aimed at
   `streams`, with reconnect back-off, keepalive and heartbeat cut to fractions of a second.
 """
@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
+from devtools.fake_streams import FakeStreams
+from devtools.fake_upstream import FakeUpstream
 from marketdata.config import Settings
-from tests.support.fake_streams import FakeStreams
-from tests.support.fake_upstream import FakeUpstream
 
 __all__ = [
     "TEST_TWELVE_DATA_API_KEY",

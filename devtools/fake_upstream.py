@@ -65,7 +65,7 @@ its clock and model (`expected_bars`, `expected_candles`, `aggregate_hours`, `op
 
 Fault injection (`fail_next`), a request log (`requests`, `count`), a settable clock (`now`), the
 switches above and `reset()` make it usable per test. Standalone:
-`python tests/support/fake_upstream.py --port 8081 [--forex-model simple]`.
+`python devtools/fake_upstream.py --port 8081 [--forex-model simple]`.
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ from websockets.frames import Opcode
 from websockets.http11 import Request, Response
 from websockets.sync.server import Server, ServerConnection, serve
 
-from tests.support.fake_upstream import (
+from devtools.fake_upstream import (
     _CURRENCY_NAMES,
     BINANCE_INTERVALS,
     BINANCE_SYMBOLS,
