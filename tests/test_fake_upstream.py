@@ -980,7 +980,7 @@ def test_concurrent_requests_are_all_answered_and_counted(fake_upstream: FakeUps
 
 
 def test_standalone_runs_without_the_package_on_the_path() -> None:
-    script = Path(__file__).parent / "support" / "fake_upstream.py"
+    script = Path(__file__).resolve().parent.parent / "devtools" / "fake_upstream.py"
     # -S: no site-packages, so neither marketdata nor httpx is importable: the server is stdlib only.
     proc = subprocess.Popen(
         [sys.executable, "-S", str(script), "--port", "0"],

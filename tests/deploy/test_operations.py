@@ -129,7 +129,7 @@ def test_each_alarm_watches_the_right_metric(raw) -> None:
     # The backfill really emits that metric, under that dimension, in that namespace.
     backfill = (ROOT / "functions/backfill/app.py").read_text()
     assert 'name="BackfillJobsFailed"' in backfill
-    assert 'metrics.add_dimension(name="Operation", value="backfill")' in backfill
+    assert 'instrumented(backfill, operation="backfill")' in backfill  # the Operation dimension
     http = (ROOT / "layers/shared/python/marketdata/http.py").read_text()
     assert 'os.environ.get("POWERTOOLS_METRICS_NAMESPACE") or "MarketData"' in http
     assert namespace == "MarketData"
