@@ -1,6 +1,7 @@
 """The live API end to end on the local service (what `dev.py serve --offline` runs): a WebSocket client
 subscribes through the local WebSocket server (template.yaml's routes, the live function), the broadcaster
-ticks in-process and posts through the Management API stand-in. The fake upstream's clock is set, so the
+ticks in-process with the real Binance client on the fake's kline stream and posts through the Management
+API stand-in. The fake upstream's clock is set, so the
 minute boundary comes without waiting for it. And the chart page in headless Chromium follows the forming
 bar over the WebSocket instead of polling."""
 
@@ -21,6 +22,7 @@ from scripts.local_api import LocalApi
 from scripts.local_live import LiveStack, start_live_stack
 from tests.cache.service_helpers import real_service
 from tests.functions.test_chart_page import CHROMIUM, CHROMIUM_ARGS, WAIT_MS, _playwright
+from tests.support.fake_streams import FakeStreams
 from tests.support.fake_upstream import FakeUpstream
 
 MINUTE = 60
@@ -57,7 +59,7 @@ def _receive(ws: Any, wanted: Any, what: str, seconds: float = 15.0) -> dict[str
 
 
 def test_a_subscribed_client_gets_the_forming_bar_then_the_closed_bar_at_the_minute(
-    live_env: FakeUpstream,
+    live_env: FakeUpstream, fake_streams: FakeStreams
 ) -> None:
     fake = live_env
     forming = int(time.time()) // MINUTE * MINUTE - 5 * MINUTE  # a minute of the recent past, frozen
@@ -81,6 +83,10 @@ def test_a_subscribed_client_gets_the_forming_bar_then_the_closed_bar_at_the_min
             assert closed["candle"] == {name: getattr(final, name) for name in fields}
             after = _receive(ws, lambda m: m["type"] == "price" and not m["is_closed"], "next forming bar")
             assert after["candle"]["time"] == forming + MINUTE
+            # Through the Binance client and the fake's kline stream (service_env aims it there).
+            assert [p for p in fake_streams.connections if p.startswith("/stream")] == [
+                "/stream?streams=btcusdt@kline_1m"
+            ]
 
             ws.send("hello")
             error = _receive(ws, lambda m: m["type"] == "error", "error reply")

@@ -268,7 +268,10 @@ def test_a_forex_day_closed_at_17_new_york_reaches_subscribers_as_v1_candles_dat
     # 22:00 UTC: the stream's next trading day (dated the 16th) has begun; the service's 1D bar of the
     # 15th is open until midnight UTC, so the 16th's bar is held, not posted ahead of /v1/candles.
     fake.now = day + 22 * 3600
-    inner.push(BarUpdate("EUR/USD", Interval.D1, _bar(day + 86400, 1.0822), is_closed=False))
+    inner.push(
+        BarUpdate("EUR/USD", Interval.D1, _bar(day, 1.0899), is_closed=True),  # the ticks' day, not REST's
+        BarUpdate("EUR/USD", Interval.D1, _bar(day + 86400, 1.0822), is_closed=False),
+    )
     assert stream.events(0) == []
     fake.now = day + 86400 + 60  # midnight UTC passed: the 15th closes (REST's copy), then the 16th forms
     got = [e for e in stream.events(0) if isinstance(e, BarUpdate)]
