@@ -447,8 +447,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.offline:
                 upstream = local_env.start_offline_upstream(cleanup, args.upstream_port)
                 streams = local_env.start_offline_streams(cleanup, upstream)
-                print(f"offline: Binance and Twelve Data are the fake upstream at {upstream.url}"
-                      f" (live streams {streams.url})")  # fmt: skip
+                print(f"offline: Binance and Twelve Data are the fake upstream at {upstream.url}")
+                print(f"offline: their live streams (kline, price) at {streams.url}")
         except local_env.LocalSetupError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
