@@ -144,8 +144,15 @@ def test_the_chart_page_moves_the_last_bar_over_the_websocket(live_chart, tmp_pa
             # Another interval: the page unsubscribes and follows the new pair.
             page.click("#intervals button[data-interval='5m']")
             page.wait_for_function("document.body.dataset.liveKey === 'BTCUSDT|5m'", timeout=WAIT_MS)
-            pairs = stack.broadcaster.broadcaster.subscriptions.pairs()
-            assert [(p.symbol, p.interval.value) for p in pairs] == [("BTCUSDT", "5m")]
+            # The page sets liveKey as it sends; the server's rows follow once it has handled the frames.
+            subscriptions = stack.broadcaster.broadcaster.subscriptions
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                followed = [(p.symbol, p.interval.value) for p in subscriptions.pairs()]
+                if followed == [("BTCUSDT", "5m")]:
+                    break
+                time.sleep(0.05)
+            assert followed == [("BTCUSDT", "5m")], f"the subscriptions after the switch: {followed}"
             assert not problems, problems
         finally:
             context.close()
