@@ -24,7 +24,9 @@
   on a fixed port (--upstream-port, default 3001; 0 = any free port) so its printed URL stays the same
   between starts, and points BINANCE_REST_URL / TWELVE_DATA_REST_URL at it, with a dummy Twelve Data
   key. Its made-up candles go to a separate embedded database (.local/pgdata-offline, which `dev.py
-  backfill --offline` fills), never to DATABASE_URL or the normal local cache.
+  backfill --offline` fills), never to DATABASE_URL or the normal local cache. Its WebSocket streams
+  (devtools/fake_streams.py, any free port) get BINANCE_WS_URL / TWELVE_DATA_WS_URL, so the
+  broadcaster runs the real live clients offline; without --offline they use the real providers'.
 
 - The live API (scripts/local_live.py) on ws://127.0.0.1:3002 (`--live-port`): the WebSocket routes of
   template.yaml, a local stand-in for the Management API, and the broadcaster ticking in this process;
@@ -444,7 +446,9 @@ def main(argv: list[str] | None = None) -> int:
             print(database.describe())
             if args.offline:
                 upstream = local_env.start_offline_upstream(cleanup, args.upstream_port)
+                streams = local_env.start_offline_streams(cleanup, upstream)
                 print(f"offline: Binance and Twelve Data are the fake upstream at {upstream.url}")
+                print(f"offline: their live streams (kline, price) at {streams.url}")
         except local_env.LocalSetupError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

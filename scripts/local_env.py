@@ -265,5 +265,18 @@ def start_offline_upstream(cleanup: contextlib.ExitStack, port: int = 0) -> Any:
     return upstream
 
 
+def start_offline_streams(cleanup: contextlib.ExitStack, upstream: Any) -> Any:
+    """The fake upstream's kline and price streams (any free port), with BINANCE_WS_URL and
+    TWELVE_DATA_WS_URL pointed at them, so the broadcaster runs the real live clients offline; stopped
+    by `cleanup`."""
+    from devtools.fake_streams import FakeStreams
+
+    streams = FakeStreams(upstream).start()
+    cleanup.callback(streams.stop)
+    os.environ["BINANCE_WS_URL"] = streams.url
+    os.environ["TWELVE_DATA_WS_URL"] = streams.url
+    return streams
+
+
 def say(message: str) -> None:
     print(message, flush=True)

@@ -800,6 +800,10 @@ def function_env(options: Options, layer: Path) -> dict[str, dict[str, str]]:
     special = {
         "BroadcasterFunction": {
             "LIVE_MANAGEMENT_ENDPOINT": "http://127.0.0.1:9",
+            # Nobody is subscribed, so the live clients open nothing (a client connects on its first
+            # follow of a pair; tests/live checks it); should a row linger, they still reach nothing real.
+            "BINANCE_WS_URL": "ws://127.0.0.1:9",
+            "TWELVE_DATA_WS_URL": "ws://127.0.0.1:9",
             "LIVE_STOP_MARGIN_SECONDS": "57",
         }
     }

@@ -126,6 +126,8 @@ def test_serve_offline_prints_its_database_and_the_fake_upstream_on_a_fixed_port
             rf"^database: postgresql://\S+  \(embedded Postgres in {re.escape(str(pgdata))};", output, re.M
         ), output
         assert f"fake upstream at http://127.0.0.1:{upstream_port}\n" in output, output
+        streams_line = r"^offline: their live streams \(kline, price\) at ws://127\.0\.0\.1:\d+$"
+        assert re.search(streams_line, output, re.M), output
         with urllib.request.urlopen(f"http://127.0.0.1:{upstream_port}/api/v3/exchangeInfo", timeout=10) as r:
             assert r.status == 200
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/udf/time", timeout=10) as r:

@@ -52,3 +52,20 @@ def test_a_taken_upstream_port_says_which_option_to_use() -> None:
         with contextlib.ExitStack() as cleanup, pytest.raises(local_env.LocalSetupError) as failure:
             local_env.start_offline_upstream(cleanup, port)
     assert f"port {port}" in str(failure.value) and "--upstream-port" in str(failure.value)
+
+
+def test_offline_streams_aim_the_live_clients_at_the_fake(monkeypatch) -> None:
+    # Registered, so what the local tools set in os.environ is undone after the test.
+    for name in ("BINANCE_REST_URL", "TWELVE_DATA_REST_URL", "TWELVE_DATA_API_KEY"):
+        monkeypatch.setenv(name, "")
+    for name in ("BINANCE_WS_URL", "TWELVE_DATA_WS_URL"):
+        monkeypatch.setenv(name, "wss://real.example")
+    from websockets.sync.client import connect
+
+    with contextlib.ExitStack() as cleanup:
+        upstream = local_env.start_offline_upstream(cleanup, 0)
+        streams = local_env.start_offline_streams(cleanup, upstream)
+        settings = Settings.from_env()
+        assert settings.binance_ws_url == settings.twelve_data_ws_url == streams.url
+        with connect(f"{streams.url}/stream?streams=btcusdt@kline_1m") as ws:
+            assert '"btcusdt@kline_1m"' in ws.recv(timeout=30)  # the fake's kline stream answers

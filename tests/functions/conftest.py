@@ -14,6 +14,7 @@ from urllib.parse import urlencode
 
 import pytest
 
+from devtools.fake_streams import FakeStreams
 from devtools.fake_upstream import FakeUpstream
 from scripts.gen_openapi import load_function_module
 from scripts.local_api import ROUTES, FakeLambdaContext, LocalApi, load_handlers, to_v2_event
@@ -34,6 +35,8 @@ _SERVICE_ENV = (
     "TWELVE_DATA_API_KEY",
     "TWELVE_DATA_API_KEY_SECRET_ARN",
     "TWELVE_DATA_API_KEY_PARAMETER",
+    "BINANCE_WS_URL",
+    "TWELVE_DATA_WS_URL",
     "POWERTOOLS_METRICS_DISABLED",
     "POWERTOOLS_DEV",
 )
@@ -58,13 +61,16 @@ def service_env_vars(database_url: str, fake: FakeUpstream) -> dict[str, str]:
 
 @pytest.fixture
 def service_env(
-    monkeypatch: pytest.MonkeyPatch, database_url: str, fake_upstream: FakeUpstream
+    monkeypatch: pytest.MonkeyPatch, database_url: str, fake_upstream: FakeUpstream, fake_streams: FakeStreams
 ) -> Iterator[FakeUpstream]:
-    """The environment of a deployed function, aimed at this test's database and the fake upstream."""
+    """The environment of a deployed function, aimed at this test's database and the fake upstream (its
+    REST API and, for the broadcaster's live clients, its streams)."""
     for name in _SERVICE_ENV:
         monkeypatch.delenv(name, raising=False)
     for name, value in service_env_vars(database_url, fake_upstream).items():
         monkeypatch.setenv(name, value)
+    for name in ("BINANCE_WS_URL", "TWELVE_DATA_WS_URL"):
+        monkeypatch.setenv(name, fake_streams.url)
     reset_process_singletons()
     yield fake_upstream
     reset_process_singletons()

@@ -1,6 +1,7 @@
 """The live API end to end on the local service (what `dev.py serve --offline` runs): a WebSocket client
 subscribes through the local WebSocket server (template.yaml's routes, the live function), the broadcaster
-ticks in-process and posts through the Management API stand-in. The fake upstream's clock is set, so the
+ticks in-process with the real Binance client on the fake's kline stream and posts through the Management
+API stand-in. The fake upstream's clock is set, so the
 minute boundary comes without waiting for it. And the chart page in headless Chromium follows the forming
 bar over the WebSocket instead of polling."""
 
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 from websockets.sync.client import connect
 
+from devtools.fake_streams import FakeStreams
 from devtools.fake_upstream import FakeUpstream
 from marketdata.config import Settings
 from marketdata.store import CandleStore
@@ -57,7 +59,7 @@ def _receive(ws: Any, wanted: Any, what: str, seconds: float = 15.0) -> dict[str
 
 
 def test_a_subscribed_client_gets_the_forming_bar_then_the_closed_bar_at_the_minute(
-    live_env: FakeUpstream,
+    live_env: FakeUpstream, fake_streams: FakeStreams
 ) -> None:
     fake = live_env
     forming = int(time.time()) // MINUTE * MINUTE - 5 * MINUTE  # a minute of the recent past, frozen
@@ -81,6 +83,10 @@ def test_a_subscribed_client_gets_the_forming_bar_then_the_closed_bar_at_the_min
             assert closed["candle"] == {name: getattr(final, name) for name in fields}
             after = _receive(ws, lambda m: m["type"] == "price" and not m["is_closed"], "next forming bar")
             assert after["candle"]["time"] == forming + MINUTE
+            # Through the Binance client and the fake's kline stream (service_env aims it there).
+            assert [p for p in fake_streams.connections if p.startswith("/stream")] == [
+                "/stream?streams=btcusdt@kline_1m"
+            ]
 
             ws.send("hello")
             error = _receive(ws, lambda m: m["type"] == "error", "error reply")
@@ -138,8 +144,15 @@ def test_the_chart_page_moves_the_last_bar_over_the_websocket(live_chart, tmp_pa
             # Another interval: the page unsubscribes and follows the new pair.
             page.click("#intervals button[data-interval='5m']")
             page.wait_for_function("document.body.dataset.liveKey === 'BTCUSDT|5m'", timeout=WAIT_MS)
-            pairs = stack.broadcaster.broadcaster.subscriptions.pairs()
-            assert [(p.symbol, p.interval.value) for p in pairs] == [("BTCUSDT", "5m")]
+            # The page sets liveKey as it sends; the server's rows follow once it has handled the frames.
+            subscriptions = stack.broadcaster.broadcaster.subscriptions
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                followed = [(p.symbol, p.interval.value) for p in subscriptions.pairs()]
+                if followed == [("BTCUSDT", "5m")]:
+                    break
+                time.sleep(0.05)
+            assert followed == [("BTCUSDT", "5m")], f"the subscriptions after the switch: {followed}"
             assert not problems, problems
         finally:
             context.close()

@@ -38,6 +38,8 @@ __all__ = [
 
 #: The only Twelve Data key the test fake accepts (any other gets the 401 body).
 TEST_TWELVE_DATA_API_KEY = "test-td-key-0123456789"
+#: Where the live clients point unless a test gives them the fake streams (port 9: discard, refused).
+NO_STREAMS_URL = "ws://127.0.0.1:9"
 
 
 def upstream_env(fake: FakeUpstream) -> dict[str, str]:
@@ -46,6 +48,10 @@ def upstream_env(fake: FakeUpstream) -> dict[str, str]:
         "BINANCE_REST_URL": fake.url,
         "TWELVE_DATA_REST_URL": fake.url,
         "TWELVE_DATA_API_KEY": TEST_TWELVE_DATA_API_KEY,
+        # The live clients never reach the real providers: a port nothing listens on, unless a test
+        # aims them at the fake streams (stream_settings_for, tests/functions' service_env).
+        "BINANCE_WS_URL": NO_STREAMS_URL,
+        "TWELVE_DATA_WS_URL": NO_STREAMS_URL,
         "HTTP_CONNECT_TIMEOUT": "1",
         # Below FakeUpstream.timeout_seconds, so a "timeout" fault really times the client out; above what
         # a 5000-row answer of the fake takes on a busy 2-core machine.

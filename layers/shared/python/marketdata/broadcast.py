@@ -21,8 +21,10 @@ the next run starts (and never past its Lambda timeout less LIVE_STOP_MARGIN_SEC
 
 A connection that has just subscribed gets the pair's latest bar at once, without waiting for it to
 move. Streams: `build_streams` takes a mapping provider -> constructor of its WebSocket client
-(`STREAM_FACTORIES`, filled where the clients are wired in); a provider without one, or whose client
-cannot start or reports `error`, is followed by the polled source (marketdata.live_sources).
+(`STREAM_FACTORIES`: Binance's kline streams, whose closed bars are stored as they come; Twelve Data's
+price stream for the forming bars, its closed bars read from REST through the service,
+`live_sources.RestClosedBars`); a provider without one, or whose client cannot start or reports
+`error`, is followed by the polled source (marketdata.live_sources).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from marketdata.config import Settings
 from marketdata.errors import ConfigurationError, MarketDataError
 from marketdata.intervals import Interval
-from marketdata.live_sources import PolledOpenBarStream
+from marketdata.live_sources import PolledOpenBarStream, RestClosedBars
 from marketdata.providers.base import Page
 from marketdata.providers.streams import BarUpdate, LiveStream, StreamStatus
 from marketdata.schemas import AssetClass, ConnectionStatus, PriceUpdate
@@ -60,10 +62,28 @@ _HANDOVER_GAP_SECONDS = 1.0
 #: A run starting this close before a minute's end belongs to the next minute.
 _EARLY_START_SECONDS = 10.0
 
-StreamFactory = Callable[[Settings], LiveStream]
-#: provider -> constructor of its WebSocket client. The clients live in marketdata.providers.*_live;
-#: wire them in here (e.g. {"binance": BinanceLiveStream}); until then every provider is polled.
-STREAM_FACTORIES: dict[str, StreamFactory] = {}
+#: Builds a provider's live client for a run; given the service, so the client reads the service's clock
+#: (bar times and closes agree with /v1/candles; tests move it) and, for Twelve Data, its closed bars.
+StreamFactory = Callable[["MarketDataService"], LiveStream]
+
+
+def binance_stream(service: MarketDataService) -> LiveStream:
+    """Binance's kline streams; their closed bars (the `x` flag, validated like REST bars) are stored."""
+    from marketdata.providers.binance_live import BinanceKlineStream  # loads websockets: only when used
+
+    return BinanceKlineStream(service.settings, clock=service.clock)
+
+
+def twelve_data_stream(service: MarketDataService) -> LiveStream:
+    """Twelve Data's price stream for the forming bars; the closed bars are REST's (RestClosedBars)."""
+    from marketdata.providers.twelve_data_live import TwelveDataPriceStream
+
+    return RestClosedBars(service, TwelveDataPriceStream(service.settings, clock=service.clock))
+
+
+#: provider -> its live client. Constructing one opens nothing: a client connects on its first follow
+#: of at least one pair (a run without subscribers never connects anywhere).
+STREAM_FACTORIES: dict[str, StreamFactory] = {"binance": binance_stream, "twelve_data": twelve_data_stream}
 
 
 class ConnectionGone(Exception):
@@ -136,7 +156,7 @@ def build_streams(
         factory = factories.get(provider)
         if factory is not None:
             try:
-                streams[provider] = factory(service.settings)
+                streams[provider] = factory(service)
                 continue
             except Exception as exc:  # a client that cannot start: poll instead of serving nothing
                 logger.warning("live stream could not start; polling instead",
