@@ -68,7 +68,7 @@ from devtools.fake_upstream import (
 )
 
 #: The server's own log (it logs request lines, Twelve Data keys included, at DEBUG).
-SERVER_LOGGER = "tests.fake_streams"
+SERVER_LOGGER = "devtools.fake_streams"
 BINANCE_PATH = "/stream"
 TWELVE_DATA_PATH = "/v1/quotes/price"
 #: Binance's limits per connection.
