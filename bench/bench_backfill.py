@@ -47,8 +47,10 @@ FIVE_YEARS_OF_1M = 5 * 365 * 1440
 
 def backfill(url: str, upstream: object, raw: object, *, days: int, parallel: int) -> tuple[int, float, int]:
     """(rows stored, seconds, pages) for `days` of 1m with `parallel` pages in flight, the cache empty."""
-    for table in ("ohlcv_cache", "ohlcv_coverage"):
-        raw.run(f"DELETE FROM {table} WHERE symbol = :s", s=SYMBOL)  # type: ignore[attr-defined]
+    for table in ("candles", "coverage"):
+        raw.run(  # type: ignore[attr-defined]
+            f"DELETE FROM {table} WHERE series_id IN (SELECT id FROM series WHERE symbol = :s)", s=SYMBOL
+        )
     store = CandleStore(bench_cache._settings(url))
     service = bench_cache.service_for(url, upstream, store)  # type: ignore[arg-type]
     service.settings = service.settings.model_copy(update={"fill_parallel_pages": parallel})
