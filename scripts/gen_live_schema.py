@@ -12,13 +12,14 @@ Every message of either direction validates against the document's `oneOf`; `x-c
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # scripts.gen_openapi, when run as a script
+    sys.path.insert(0, str(ROOT))
 SCHEMA_PATH = ROOT / "docs" / "live-messages.schema.json"
 
 
@@ -64,12 +65,9 @@ def render(document: dict[str, Any]) -> str:
 
 def check(path: Path = SCHEMA_PATH) -> tuple[bool, str]:
     """(up to date, unified diff) of the committed document against the code's."""
-    want = render(build_schema())
-    have = path.read_text(encoding="utf-8") if path.exists() else ""
-    if have == want:
-        return True, ""
-    diff = difflib.unified_diff(have.splitlines(), want.splitlines(), "committed", "generated", lineterm="")
-    return False, "\n".join(diff)
+    from scripts.gen_openapi import compare_committed
+
+    return compare_committed(path, render(build_schema()))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -187,7 +187,12 @@ def render(doc: dict[str, Any]) -> str:
 
 def check(path: Path = OPENAPI_PATH) -> tuple[bool, str]:
     """(up to date?, a unified diff of committed -> generated when not)."""
-    wanted = render(build_openapi())
+    return compare_committed(path, render(build_openapi()))
+
+
+def compare_committed(path: Path, wanted: str) -> tuple[bool, str]:
+    """Whether the committed document at `path` is exactly `wanted` (the one the code generates), and a
+    unified diff of committed -> generated when not: the check of every generated document."""
     current = path.read_text(encoding="utf-8") if path.exists() else ""
     if current == wanted:
         return True, ""
